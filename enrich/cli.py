@@ -1,0 +1,172 @@
+"""The command line: parse flags into a RunConfig, call the library, turn errors into one line.
+
+    python -m enrich --until N [options]        caption the first N rows of the source
+    python -m enrich status|sql|compact|gallery  operate on the table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from enrich.errors import EnrichError, UsageError
+
+COMMANDS = ("status", "sql", "compact", "gallery")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _pos_int(text: str) -> int:
+    value = _nonneg_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return value
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"max_num_seqs\": 128}'")
+    return value
+
+
+def build_run_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="enrich",
+        description="Caption the first N images of a webdataset stream with a vision-language "
+        "model on Ray and append them to a Delta table, exactly once. Run it again with the same "
+        "or a larger --until to resume. Other commands: " + ", ".join(COMMANDS) +
+        " (enrich COMMAND --help).",
+    )
+    g = p.add_argument_group("what to do")
+    g.add_argument("--until", type=_nonneg_int, metavar="N",
+                   help="cover the first N rows of the source's canonical stream (required)")
+    g.add_argument("--source", help="hub dataset id (default BLIP3o/BLIP3o-Pretrain-Short-Caption), "
+                   "a directory or glob of webdataset .tar shards, an fsspec URL, or 'sample' "
+                   "(a small offline dataset)")
+    g.add_argument("--table", help="Delta table path or s3:// gs:// az:// URI (default ./captions)")
+    g.add_argument("--engine", choices=("vllm", "dry-run"),
+                   help="caption engine (default vllm); dry-run is a deterministic CPU engine")
+    g.add_argument("--image-size", type=_pos_int, metavar="PX",
+                   help="images are resized to PX x PX before captioning (default 225)")
+    g.add_argument("--plan", action="store_true",
+                   help="print the resolved plan as JSON and exit; reads no image, writes nothing")
+    g.add_argument("--config", metavar="FILE",
+                   help="settings file (default: ./enrich.toml or [tool.enrich] in ./pyproject.toml)")
+    g.add_argument("--quiet", action="store_true", help="print only the final summary")
+
+    m = p.add_argument_group("caption config (changing any of these captions everything again)")
+    m.add_argument("--model", help="model id (default Qwen/Qwen2.5-VL-3B-Instruct)")
+    m.add_argument("--model-revision", help="model revision on the hub (default main)")
+    m.add_argument("--system-prompt", help="system prompt (default: the tutorial's)")
+    m.add_argument("--prompt", help="user prompt sent with each image (default: the tutorial's)")
+    m.add_argument("--temperature", type=_nonneg_float, help="sampling temperature (default 0.3)")
+    m.add_argument("--max-tokens", type=_pos_int, help="max generated tokens per caption (default 256)")
+
+    e = p.add_argument_group("engine")
+    e.add_argument("--accelerator-type", help="GPU type of a replica (default L4)")
+    e.add_argument("--concurrency", type=_pos_int, help="engine replicas (default 1)")
+    e.add_argument("--batch-size", type=_pos_int, help="rows per engine batch (default 64)")
+    e.add_argument("--max-model-len", type=_pos_int, help="vLLM max_model_len (default 8192)")
+    e.add_argument("--engine-kwargs", type=_json_object, metavar="JSON",
+                   help="extra vLLM engine arguments as a JSON object (tensor_parallel_size, "
+                   "quantization, max_num_seqs, ...)")
+    e.add_argument("--dry-run-ms-per-image", type=_nonneg_float, metavar="MS",
+                   help="time the dry-run engine spends per image (default 0)")
+
+    r = p.add_argument_group("run")
+    r.add_argument("--commit-every", type=_pos_int, metavar="ROWS",
+                   help="commit to the table every ROWS rows (default 2000)")
+    r.add_argument("--commit-seconds", type=_nonneg_float, metavar="S",
+                   help="...or every S seconds, whichever comes first (default 60)")
+    r.add_argument("--checkpoint-dir", metavar="DIR",
+                   help="where run journals go (default ./checkpoints)")
+    r.add_argument("--ray-address", metavar="ADDR",
+                   help="existing Ray cluster to use (default: $RAY_ADDRESS, else a local Ray)")
+    r.add_argument("--num-cpus", type=_pos_int, help="CPUs of the local Ray (default: all cores)")
+    return p
+
+
+def _run_main(argv: Sequence[str]) -> int:
+    from enrich.config import resolve
+
+    args = build_run_parser().parse_args(argv)
+    flags = {k: v for k, v in vars(args).items() if k not in ("plan", "config", "quiet")}
+    cfg = resolve(flags, config_file=args.config)
+    if args.plan:
+        from enrich.pipeline import make_plan, storage_options_from_env
+        from enrich.sink import CaptionsTable
+
+        plan = make_plan(cfg, CaptionsTable(cfg.table, storage_options=storage_options_from_env()))
+        out = plan.to_dict()
+        out["settings"] = {k: {"value": v, "from": cfg.origins.get(k, "default")}
+                           for k, v in cfg.public_dict().items()}
+        print(json.dumps(out, indent=2, default=str))
+        return 0
+    from enrich.pipeline import run
+    from enrich.progress import Reporter
+
+    reporter = Reporter(total=cfg.until, quiet=args.quiet)
+    result = run(cfg, reporter=reporter)
+    if result.outcome.startswith("nothing to do"):
+        print(f"enrich: nothing to do: the table already covers rows 0.."
+              f"{result.plan.progress.next_index - 1} of {cfg.source} under "
+              f"{result.plan.caption_config}"
+              + (" (the source is exhausted)" if result.plan.progress.exhausted
+                 or "exhausted" in result.outcome else ""), file=sys.stderr)
+        return 0
+    reporter.summary(result)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING, format="enrich: %(levelname)s: %(message)s")
+    try:
+        if argv and argv[0] in COMMANDS:
+            from enrich import ops
+
+            return ops.main(argv[0], argv[1:])
+        return _run_main(argv)
+    except EnrichError as exc:
+        print(f"enrich: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("enrich: interrupted; committed rows are safe, run the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+__all__ = ["main", "build_run_parser", "UsageError"]

@@ -1,0 +1,230 @@
+"""The one typed configuration of a run, and the caption config that keys the table.
+
+Only this module reads the environment and the config file; the CLI hands it the flags.
+Precedence: flags > environment (``ENRICH_<NAME>``) > config file (``enrich.toml`` or
+``[tool.enrich]`` in ``pyproject.toml``) > defaults. ``origins`` records where each value came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from enrich import __version__
+from enrich.errors import UsageError
+
+DEFAULT_SOURCE = "BLIP3o/BLIP3o-Pretrain-Short-Caption"
+DEFAULT_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful assistant that generates accurate and descriptive captions for images."
+)
+DEFAULT_PROMPT = (
+    "Describe this image in detail. Focus on the main subjects, actions, and setting."
+)
+DRY_RUN_MODEL = "dry-run"
+
+EngineName = Literal["vllm", "dry-run"]
+ENGINES: tuple[str, ...] = ("vllm", "dry-run")
+
+# Environment variables that hold secrets: never logged, never written anywhere.
+SECRET_ENV = (
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+)
+
+
+@dataclass(frozen=True)
+class CaptionConfig:
+    """Everything that changes a caption. Its ``id`` is the table's ``caption_config`` column."""
+
+    model: str
+    model_revision: str
+    system_prompt: str
+    prompt: str
+    temperature: float
+    max_tokens: int
+    image_size: int
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def id(self) -> str:
+        digest = hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+        return f"{self.model.rsplit('/', 1)[-1]}-{digest}"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A resolved run. Build it with :func:`resolve`; it validates itself."""
+
+    until: int
+    source: str = DEFAULT_SOURCE
+    table: str = "./captions"
+    engine: EngineName = "vllm"
+    image_size: int = 225
+    model: str = DEFAULT_MODEL
+    model_revision: str = "main"
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    prompt: str = DEFAULT_PROMPT
+    temperature: float = 0.3
+    max_tokens: int = 256
+    max_model_len: int = 8192
+    accelerator_type: str = "L4"
+    concurrency: int = 1
+    batch_size: int = 64
+    engine_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    dry_run_ms_per_image: float = 0.0
+    dry_run_startup_s: float = 0.0
+    # Fault drills only: source indices at which a dry-run replica dies (os._exit) once.
+    dry_run_crash_on: str = ""
+    commit_every: int = 2000
+    commit_seconds: float = 60.0
+    checkpoint_dir: str = "./checkpoints"
+    ray_address: str | None = None
+    num_cpus: int | None = None
+    origins: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.until < 0:
+            raise UsageError(f"--until must be >= 0, got {self.until}")
+        if self.engine not in ENGINES:
+            raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if not 28 <= self.image_size <= 2048:
+            raise UsageError(f"--image-size must be between 28 and 2048, got {self.image_size}")
+        for name in ("concurrency", "batch_size", "commit_every", "max_tokens", "max_model_len"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.dry_run_ms_per_image < 0 or self.dry_run_startup_s < 0:
+            raise UsageError("--dry-run-ms-per-image must be >= 0")
+        if self.commit_seconds <= 0:
+            raise UsageError("--commit-seconds must be > 0")
+        if not 0.0 <= self.temperature <= 2.0:
+            raise UsageError(f"--temperature must be between 0 and 2, got {self.temperature}")
+        if not self.source.strip():
+            raise UsageError("--source must not be empty")
+        if not self.table.strip():
+            raise UsageError("--table must not be empty")
+
+    @property
+    def caption(self) -> CaptionConfig:
+        dry = self.engine == "dry-run"
+        return CaptionConfig(
+            model=DRY_RUN_MODEL if dry else self.model,
+            model_revision="" if dry else self.model_revision,
+            system_prompt=self.system_prompt,
+            prompt=self.prompt,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            image_size=self.image_size,
+        )
+
+    def public_dict(self) -> dict[str, Any]:
+        """The config as plain JSON-able values (no secrets are ever part of it)."""
+        d = dataclasses.asdict(self)
+        d.pop("origins")
+        d["engine_kwargs"] = dict(self.engine_kwargs)
+        return d
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig) if f.name != "origins"}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Turn a string from the environment or a TOML value into the field's type."""
+    kind = _FIELDS[name].type
+    try:
+        if kind == "int" or name == "until":
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, str) and not value.strip().lstrip("-").isdigit():
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind == "int | None":
+            return None if value in (None, "") else int(value)
+        if kind == "str | None":
+            return None if value in (None, "") else str(value)
+        if name == "engine_kwargs":
+            parsed = json.loads(value) if isinstance(value, str) else value
+            if not isinstance(parsed, dict):
+                raise ValueError
+            return parsed
+    except (TypeError, ValueError, json.JSONDecodeError):
+        raise UsageError(f"{name.replace('_', '-')}: invalid value {value!r}") from None
+    return str(value)
+
+
+def load_config_file(path: str | Path | None = None, *, cwd: Path | None = None) -> tuple[dict[str, Any], str]:
+    """Read ``enrich.toml`` (or ``[tool.enrich]`` of ``pyproject.toml``) from ``cwd``."""
+    cwd = cwd or Path.cwd()
+    candidates = [Path(path)] if path else [cwd / "enrich.toml", cwd / "pyproject.toml"]
+    for cand in candidates:
+        if not cand.is_file():
+            if path:
+                raise UsageError(f"--config: no such file {cand}")
+            continue
+        try:
+            data = tomllib.loads(cand.read_text("utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise UsageError(f"{cand}: not valid TOML ({exc})") from None
+        if cand.name == "pyproject.toml" and not path:
+            data = data.get("tool", {}).get("enrich", {})
+            if not data:
+                continue
+        values = {k.replace("-", "_"): v for k, v in data.items()}
+        unknown = sorted(set(values) - set(_FIELDS))
+        if unknown:
+            raise UsageError(f"{cand}: unknown setting(s) {', '.join(unknown)}")
+        return values, str(cand)
+    return {}, ""
+
+
+def resolve(
+    flags: Mapping[str, Any],
+    *,
+    env: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+    cwd: Path | None = None,
+) -> RunConfig:
+    """Merge flags > environment > config file > defaults into a validated :class:`RunConfig`."""
+    env = os.environ if env is None else env
+    file_values, file_name = load_config_file(config_file, cwd=cwd)
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for name in _FIELDS:
+        env_name = "RAY_ADDRESS" if name == "ray_address" else f"ENRICH_{name.upper()}"
+        if flags.get(name) is not None:
+            values[name], origins[name] = flags[name], "flag"
+        elif env.get(env_name) not in (None, ""):
+            values[name], origins[name] = _coerce(name, env[env_name]), f"env {env_name}"
+        elif name in file_values:
+            values[name], origins[name] = _coerce(name, file_values[name]), f"file {file_name}"
+        else:
+            origins[name] = "default"
+    if "until" not in values:
+        raise UsageError("--until is required (the number of source rows to cover)")
+    return RunConfig(**values, origins=origins)
+
+
+def run_identity(source: str, caption: CaptionConfig) -> str:
+    """The Delta app-transaction id under which a (source, caption config) records its progress."""
+    src = hashlib.sha256(source.encode()).hexdigest()[:12]
+    return f"enrich:{src}:{caption.id}"
+
+
+def enricher_version() -> str:
+    return __version__

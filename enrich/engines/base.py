@@ -1,0 +1,43 @@
+"""The engine interface every caption engine implements.
+
+An engine turns the prepared stream into a captioned stream, as one lazy Ray Data transform
+applied once per run: its replicas (and the model) start once and live for the whole run,
+however many commits the driver makes meanwhile.
+
+Input rows carry ``source_index``, ``status`` (``pending`` for images to caption; anything else
+passes through untouched), ``error``, ``pixels`` (RGB ``image_size``² bytes) and the original
+``image_width``/``image_height``. Output rows carry exactly :data:`OUTPUT_SCHEMA`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+import pyarrow as pa
+
+if TYPE_CHECKING:
+    import ray.data
+
+OUTPUT_SCHEMA = pa.schema([
+    pa.field("source_index", pa.int64()),
+    pa.field("status", pa.string()),
+    pa.field("error", pa.string()),
+    pa.field("caption", pa.string()),
+    pa.field("num_generated_tokens", pa.int32()),
+    pa.field("caption_truncated", pa.bool_()),
+    pa.field("image_width", pa.int32()),
+    pa.field("image_height", pa.int32()),
+])
+
+
+class Engine(Protocol):
+    name: str
+
+    def describe(self) -> dict[str, Any]:
+        """The engine's resolved settings, JSON-able, for ``--plan`` and the run journal."""
+
+    def check_cluster(self) -> None:
+        """Fail fast (``NoAcceleratorError``) when the cluster cannot host a replica."""
+
+    def apply(self, ds: ray.data.Dataset) -> ray.data.Dataset:
+        """Add captions to the ``pending`` rows of ``ds``; rows out follow OUTPUT_SCHEMA."""

@@ -1,0 +1,129 @@
+"""The ``dry-run`` engine: deterministic captions computed from the pixels, on CPU.
+
+Its rows carry model ``dry-run`` (and so another caption config): they never count as
+captioned for a real model. ``--dry-run-ms-per-image`` makes it spend time like a GPU would,
+for fault drills and capacity planning; ``dry_run_startup_s`` mimics a model load.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from enrich.engines.base import OUTPUT_SCHEMA
+
+if TYPE_CHECKING:
+    import ray.data
+
+    from enrich.config import RunConfig
+
+# Ray resources of one replica. It does little work at 0 ms/image; a whole CPU per replica
+# would starve the prepare tasks on a 2-core machine (FACTS.md: the tutorial deadlocks there).
+REPLICA_CPUS = 0.25
+
+
+def caption_pixels(pixels: bytes, size: int) -> tuple[str, int]:
+    """The dry-run caption of one prepared image, and its 'token' count."""
+    arr = np.frombuffer(pixels, dtype=np.uint8).reshape(size, size, 3)
+    mean = arr.reshape(-1, 3).mean(axis=0)
+    r, g, b = (int(round(v)) for v in mean)
+    level = "bright" if (r + g + b) / 3 > 150 else "dark" if (r + g + b) / 3 < 70 else "mid-tone"
+    text = f"dry-run: mean RGB {r},{g},{b}; a {level} image"
+    return text, len(text.split())
+
+
+class DryRunCaptioner:
+    """One replica (a Ray actor). Counts its starts in ``starts_dir`` so runs can prove that the
+    engine starts once per replica, not once per commit."""
+
+    def __init__(self, *, image_size: int, ms_per_image: float, startup_s: float,
+                 starts_dir: str | None, crash_on: str) -> None:
+        if startup_s:
+            time.sleep(startup_s)  # stands in for loading weights
+        self.size = image_size
+        self.ms = ms_per_image
+        self.starts_dir = starts_dir
+        self.crash_on = {int(x) for x in crash_on.split(",") if x.strip()}
+        if starts_dir:
+            Path(starts_dir).mkdir(parents=True, exist_ok=True)
+            (Path(starts_dir) / f"start-{os.getpid()}-{uuid.uuid4().hex[:8]}").touch()
+
+    def _maybe_crash(self, indices: list[int]) -> None:
+        for idx in self.crash_on.intersection(indices):
+            marker = Path(self.starts_dir or ".") / f"crashed-{idx}"
+            if not marker.exists():
+                marker.touch()
+                os._exit(1)  # a replica dying mid-batch, as a GPU fault would
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        indices = batch.column("source_index").to_pylist()
+        status = batch.column("status").to_pylist()
+        pixels = batch.column("pixels").to_pylist()
+        if self.crash_on:
+            self._maybe_crash(indices)
+        captions: list[str | None] = [None] * len(indices)
+        tokens: list[int | None] = [None] * len(indices)
+        truncated: list[bool | None] = [None] * len(indices)
+        pending = [i for i, s in enumerate(status) if s == "pending"]
+        if self.ms and pending:
+            time.sleep(self.ms * len(pending) / 1000.0)
+        for i in pending:
+            captions[i], tokens[i] = caption_pixels(pixels[i], self.size)
+            truncated[i] = False
+            status[i] = "captioned"
+        return pa.table({
+            "source_index": batch.column("source_index"),
+            "status": pa.array(status, pa.string()),
+            "error": batch.column("error"),
+            "caption": pa.array(captions, pa.string()),
+            "num_generated_tokens": pa.array(tokens, pa.int32()),
+            "caption_truncated": pa.array(truncated, pa.bool_()),
+            "image_width": batch.column("image_width"),
+            "image_height": batch.column("image_height"),
+        }, schema=OUTPUT_SCHEMA)
+
+
+class DryRunEngine:
+    name = "dry-run"
+
+    def __init__(self, cfg: RunConfig, *, starts_dir: str | None = None) -> None:
+        self.cfg = cfg
+        self.starts_dir = starts_dir
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "engine": "dry-run",
+            "model": "dry-run",
+            "replicas": self.cfg.concurrency,
+            "batch_size": self.cfg.batch_size,
+            "cpus_per_replica": REPLICA_CPUS,
+            "ms_per_image": self.cfg.dry_run_ms_per_image,
+        }
+
+    def check_cluster(self) -> None:
+        return None  # runs anywhere
+
+    def apply(self, ds: ray.data.Dataset) -> ray.data.Dataset:
+        return ds.map_batches(
+            DryRunCaptioner,
+            fn_constructor_kwargs=dict(
+                image_size=self.cfg.image_size,
+                ms_per_image=self.cfg.dry_run_ms_per_image,
+                startup_s=self.cfg.dry_run_startup_s,
+                starts_dir=self.starts_dir,
+                crash_on=self.cfg.dry_run_crash_on,
+            ),
+            batch_size=self.cfg.batch_size,
+            batch_format="pyarrow",
+            concurrency=self.cfg.concurrency,
+            num_cpus=REPLICA_CPUS,
+            # A replica that dies is restarted by Ray and its batch retried (fault drill 2).
+            max_restarts=-1,
+            max_task_retries=-1,
+        )

@@ -1,0 +1,39 @@
+"""Domain errors. The CLI turns each into one line on stderr and an exit code."""
+
+from __future__ import annotations
+
+
+class EnrichError(Exception):
+    """Base class. ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+class UsageError(EnrichError):
+    """A bad flag, value or target: nothing was written."""
+
+    exit_code = 2
+
+
+class SourceError(UsageError):
+    """The source cannot be listed or opened at all."""
+
+
+class TableError(UsageError):
+    """The --table is not a captions table (not Delta, or another schema)."""
+
+
+class NoAcceleratorError(UsageError):
+    """The cluster has no node with the requested GPU type: Ray would wait forever."""
+
+
+class RunLockedError(EnrichError):
+    """Another enrich run holds the table for this source and caption config."""
+
+    exit_code = 3
+
+
+class CommitError(EnrichError):
+    """Writing to the table failed after retries. Rows committed before are safe; rerun."""
+
+    exit_code = 4

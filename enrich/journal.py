@@ -1,0 +1,87 @@
+"""Run journal: one JSON file per run under the checkpoint directory, written atomically.
+
+It is a record for people and for ``status``/``gallery`` (resolved config, counts, timings,
+positions, outcome). It is never used to decide what is done: the Delta log is the authority.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from enrich.config import RunConfig
+    from enrich.pipeline import Plan
+    from enrich.progress import Counts
+
+
+def table_dir(checkpoint_dir: str, table_uri: str) -> Path:
+    """Checkpoint sub-directory of one table: its name plus a hash of its full URI."""
+    name = table_uri.rstrip("/").rsplit("/", 1)[-1] or "table"
+    digest = hashlib.sha256(os.path.abspath(table_uri).encode() if "://" not in table_uri
+                            else table_uri.encode()).hexdigest()[:10]
+    return Path(checkpoint_dir) / f"{name}-{digest}"
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True, default=str)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class Journal:
+    def __init__(self, cfg: RunConfig, run_id: str, plan: Plan) -> None:
+        self.cfg = cfg
+        self.run_id = run_id
+        self.plan = plan
+        self.dir = table_dir(cfg.checkpoint_dir, cfg.table) / "runs"
+        self.path = self.dir / f"{run_id}.json"
+        self.engine_dir = str(self.dir / f"{run_id}.engine")
+        self.started = time.time()
+
+    def engine_starts(self) -> int:
+        try:
+            return sum(1 for p in os.listdir(self.engine_dir) if p.startswith("start-"))
+        except FileNotFoundError:
+            return 0
+
+    def write(self, outcome: str, counts: Counts, result: Any = None) -> None:
+        now = time.time()
+        data = {
+            "run_id": self.run_id,
+            "outcome": outcome,
+            "started_at": self.started,
+            "ended_at": None if outcome == "running" else now,
+            "seconds": now - self.started,
+            "config": self.cfg.public_dict(),
+            "config_origins": dict(self.cfg.origins),
+            "plan": self.plan.to_dict(),
+            "counts": dict(counts.by_status),
+            "rows": counts.total,
+            "rows_per_s": counts.total / (now - self.started) if now > self.started else 0.0,
+            "start_index": self.plan.progress.next_index,
+            "end_index": None if result is None else self.plan.progress.next_index + result.committed_rows,
+            "commits": None if result is None else result.commits,
+            "engine_starts": self.engine_starts(),
+        }
+        write_json_atomic(self.path, data)
+
+
+def read_journals(checkpoint_dir: str, table_uri: str) -> list[dict[str, Any]]:
+    runs = table_dir(checkpoint_dir, table_uri) / "runs"
+    out = []
+    for p in sorted(runs.glob("*.json")) if runs.is_dir() else []:
+        try:
+            out.append(json.loads(p.read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return sorted(out, key=lambda d: d.get("started_at") or 0)

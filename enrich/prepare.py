@@ -1,0 +1,135 @@
+"""Prepare stage: validate an image by decoding it fully, then make the engine's input.
+
+Pure core: :func:`prepare_image` (bytes in, a :class:`Prepared` out; never raises for bad
+bytes). Ray adapter: :func:`prepare_batch`, a ``map_batches`` function over Arrow batches.
+
+A bad image is data, not an exception: it comes back ``rejected`` with a specific reason.
+``Image.open`` reads only the header (a truncated JPEG passes it), so validation means ``load()``.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Decompression-bomb guard, checked from the header before any pixel is decoded. 64 MP covers
+# any real photo (a 8000x8000 scan); a bomb claims far more.
+MAX_PIXELS = 64_000_000
+# JPEG can decode at 1/2, 1/4, 1/8 scale inside the DCT (PIL ``draft``). We ask for at least
+# DRAFT_FACTOR x the target side so the bicubic resize still has detail to work with;
+# benchmarks/preprocess.py measures the speed and the PSNR against a full decode.
+DRAFT_FACTOR = 2
+
+
+@dataclass(frozen=True)
+class Prepared:
+    ok: bool
+    error: str | None
+    width: int | None  # original size, after EXIF orientation
+    height: int | None
+    pixels: bytes | None  # RGB, image_size x image_size x 3, row-major
+
+
+def _reject(reason: str, width: int | None = None, height: int | None = None) -> Prepared:
+    return Prepared(False, reason, width, height, None)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit / float grey: PIL's convert("RGB") clips instead of scaling; scale to 8 bits.
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(arr.astype(np.uint8), "L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return img.convert("RGB")
+
+
+def prepare_image(data: bytes | None, *, size: int, draft: bool = True) -> Prepared:
+    """Validate ``data`` by decoding it and return RGB ``size``x``size`` pixels, or a rejection."""
+    if data is None:
+        return _reject("no image member in sample")
+    if len(data) == 0:
+        return _reject("zero-byte image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        return _reject("not an image: unrecognised format")
+    except Image.DecompressionBombError as exc:
+        return _reject(f"decompression bomb: {exc}")
+    except Image.DecompressionBombWarning as exc:
+        return _reject(f"decompression bomb: {exc}")
+    except Exception as exc:  # noqa: BLE001 - any header parser failure is a bad image
+        return _reject(f"unreadable image header: {type(exc).__name__}: {exc}")
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        return _reject(f"decompression bomb: {width}x{height} exceeds {MAX_PIXELS} pixels",
+                       width, height)
+    try:
+        if draft and img.format == "JPEG":
+            target = size * DRAFT_FACTOR
+            img.draft("RGB", (target, target))
+        img.load()  # full decode: truncated or corrupt data fails here
+        orientation = img.getexif().get(0x0112, 1)
+        if orientation in (5, 6, 7, 8):
+            width, height = height, width
+        img = ImageOps.exif_transpose(img)
+        rgb = _to_rgb(img)
+        resized = rgb.resize((size, size), Image.Resampling.BICUBIC)
+        pixels = resized.tobytes()
+    except Image.DecompressionBombError as exc:
+        return _reject(f"decompression bomb: {exc}", width, height)
+    except (OSError, SyntaxError, ValueError) as exc:
+        return _reject(f"corrupt image data: {exc}", None, None)
+    except Exception as exc:  # noqa: BLE001 - a decoder bug must not end the run
+        return _reject(f"undecodable image: {type(exc).__name__}: {exc}", None, None)
+    return Prepared(True, None, width, height, pixels)
+
+
+# Columns the prepare stage adds; the engine reads ``pixels`` and passes the rest through.
+PREPARED_FIELDS = [
+    pa.field("pixels", pa.binary()),
+    pa.field("image_width", pa.int32()),
+    pa.field("image_height", pa.int32()),
+]
+
+
+def prepare_batch(batch: pa.Table, *, size: int, draft: bool = True) -> pa.Table:
+    """Ray adapter: ``image`` bytes in, ``pixels`` + sizes out; bad images become ``rejected``."""
+    images = batch.column("image").to_pylist()
+    status = batch.column("status").to_pylist()
+    errors = batch.column("error").to_pylist()
+    pixels: list[bytes | None] = []
+    widths: list[int | None] = []
+    heights: list[int | None] = []
+    for i, data in enumerate(images):
+        if status[i] != "pending":
+            pixels.append(None), widths.append(None), heights.append(None)
+            continue
+        p = prepare_image(data, size=size, draft=draft)
+        pixels.append(p.pixels)
+        widths.append(p.width)
+        heights.append(p.height)
+        if not p.ok:
+            status[i], errors[i] = "rejected", p.error
+    out = batch.drop_columns(["image", "status", "error"])
+    out = out.append_column("status", pa.array(status, pa.string()))
+    out = out.append_column("error", pa.array(errors, pa.string()))
+    out = out.append_column(PREPARED_FIELDS[0], pa.array(pixels, pa.binary()))
+    out = out.append_column(PREPARED_FIELDS[1], pa.array(widths, pa.int32()))
+    return out.append_column(PREPARED_FIELDS[2], pa.array(heights, pa.int32()))

@@ -1,0 +1,283 @@
+"""Sink stage: the Delta Lake captions table, written exactly once.
+
+Every commit appends a contiguous run of ``source_index`` values *and* records, in the same Delta
+commit, how far the stream got: an app transaction (``app_id`` = source + caption config,
+``version`` = the next source_index) plus custom metadata with the shard position. The table's
+own log is therefore the only resume state. delta-rs records app transactions but does not
+enforce them (FACTS.md), so :meth:`CaptionsTable.append` checks the recorded version before it
+writes and after any ambiguous failure: a retried commit never lands twice.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+
+from enrich.errors import CommitError, RunLockedError, TableError
+from enrich.schemas import CAPTIONS
+
+log = logging.getLogger(__name__)
+
+META_PREFIX = "enrich."
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where the stream of one (source, caption config) stands in the table."""
+
+    next_index: int = 0
+    next_shard: str | None = None
+    next_offset: int = 0
+    exhausted: bool = False
+
+
+def _is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def _local_path(uri: str) -> str:
+    return uri[len("file://") :] if uri.startswith("file://") else uri
+
+
+def _transient(exc: BaseException) -> bool:
+    """What a commit may retry: conflicts and passing storage errors, never schema or usage."""
+    from deltalake.exceptions import CommitFailedError, DeltaError, SchemaMismatchError
+
+    if isinstance(exc, SchemaMismatchError):
+        return False
+    if isinstance(exc, CommitFailedError):
+        return True
+    if isinstance(exc, PermissionError):
+        return False
+    return isinstance(exc, (OSError, DeltaError)) and "permission" not in str(exc).lower()
+
+
+def retry(fn: Callable[[], T], *, what: str, attempts: int = 5, base: float = 0.2,
+          before_retry: Callable[[], bool] | None = None) -> T:
+    """Run ``fn``; retry transient failures with exponential backoff and jitter.
+
+    ``before_retry`` runs before each retry and returns True when the work turns out to be done
+    already (the failed attempt did land): then ``fn`` is not run again.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - sorted into transient / fatal right here
+            if not _transient(exc) or attempt == attempts:
+                raise CommitError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
+            delay = base * 2 ** (attempt - 1) * (0.5 + random.random())
+            log.warning("%s failed (%s), retry %d/%d in %.2fs", what, exc, attempt, attempts - 1, delay)
+            time.sleep(delay)
+            if before_retry is not None and before_retry():
+                return None  # type: ignore[return-value]
+    raise AssertionError("unreachable")
+
+
+class CaptionsTable:
+    """The captions table at ``uri`` (a local path or an object-store URI)."""
+
+    def __init__(self, uri: str, *, storage_options: dict[str, str] | None = None) -> None:
+        self.uri = uri
+        self.storage_options = storage_options or {}
+        self._check()
+
+    # -- opening -----------------------------------------------------------------------------
+    def _check(self) -> None:
+        if _is_local(self.uri):
+            path = _local_path(self.uri)
+            if os.path.exists(path) and not os.path.isdir(path):
+                raise TableError(f"--table {self.uri!r} is a file, not a Delta table directory")
+            if os.path.isdir(path) and not os.path.isdir(os.path.join(path, "_delta_log")):
+                extra = [n for n in os.listdir(path) if not n.startswith("_enrich")]
+                if extra:
+                    raise TableError(f"--table {self.uri!r} is a non-empty directory that is not a "
+                                     "Delta table; pick a new path")
+        dt = self._delta()
+        if dt is None:
+            return
+        have = pa.schema(dt.schema().to_arrow()) if hasattr(dt.schema(), "to_arrow") else None
+        if have is None or not _same_columns(have, CAPTIONS):
+            raise TableError(f"--table {self.uri!r} is a Delta table with another schema "
+                             f"({_describe_diff(have, CAPTIONS)}); enrich writes only captions tables")
+
+    def _delta(self) -> Any:
+        from deltalake import DeltaTable
+        from deltalake.exceptions import TableNotFoundError
+
+        try:
+            return DeltaTable(self.uri, storage_options=self.storage_options or None)
+        except TableNotFoundError:
+            return None
+        except OSError as exc:
+            raise TableError(f"--table {self.uri!r}: cannot open ({exc})") from None
+
+    @property
+    def exists(self) -> bool:
+        return self._delta() is not None
+
+    # -- reading -----------------------------------------------------------------------------
+    def dataset(self) -> pads.Dataset | None:
+        dt = self._delta()
+        # to_pyarrow_table() makes the process abort at exit with pyarrow 26 (FACTS.md);
+        # to_pyarrow_dataset() does not. Every read of the table goes through here.
+        return None if dt is None else dt.to_pyarrow_dataset()
+
+    def read(self, columns: list[str] | None = None, filter: pc.Expression | None = None) -> pa.Table:
+        ds = self.dataset()
+        if ds is None:
+            return CAPTIONS.empty_table().select(columns or CAPTIONS.names)
+        return ds.to_table(columns=columns, filter=filter)
+
+    def progress(self, app_id: str) -> Progress:
+        dt = self._delta()
+        if dt is None:
+            return Progress()
+        version = dt.transaction_version(app_id)
+        if version is None:
+            return Progress()
+        for limit in (50, None):
+            for entry in dt.history(limit):
+                if entry.get(META_PREFIX + "app_id") == app_id and \
+                        int(entry.get(META_PREFIX + "next_index", -1)) == version:
+                    return Progress(
+                        next_index=version,
+                        next_shard=entry.get(META_PREFIX + "next_shard"),
+                        next_offset=int(entry.get(META_PREFIX + "next_offset", 0)),
+                        exhausted=str(entry.get(META_PREFIX + "exhausted", "false")) == "true",
+                    )
+        raise TableError(f"--table {self.uri!r}: app transaction {app_id} at {version} has no "
+                         "matching commit metadata; the table was changed by another tool")
+
+    def _key_filter(self, source: str, caption_config: str) -> pc.Expression:
+        return (pc.field("source") == source) & (pc.field("caption_config") == caption_config)
+
+    def captioned_hashes(self, caption_config: str) -> pa.ChunkedArray:
+        t = self.read(["image_hash"], (pc.field("caption_config") == caption_config)
+                      & (pc.field("status") == "captioned"))
+        return t.column("image_hash")
+
+    def failed_rows(self, source: str, caption_config: str) -> pa.Table:
+        return self.read(["source_index", "source_shard", "source_offset", "source_key"],
+                         self._key_filter(source, caption_config) & (pc.field("status") == "failed")
+                         ).sort_by("source_index")
+
+    # -- writing -----------------------------------------------------------------------------
+    def append(self, rows: pa.Table, *, app_id: str, expect_from: int, progress: Progress,
+               metadata: dict[str, str]) -> bool:
+        """Append ``rows`` (source_index ``expect_from`` .. ``progress.next_index`` - 1) and
+        record ``progress`` in the same commit. Returns False if it had already landed."""
+        from deltalake import CommitProperties, Transaction, write_deltalake
+
+        rows = rows.select(CAPTIONS.names).cast(CAPTIONS)
+
+        def landed() -> bool:
+            dt = self._delta()
+            current = None if dt is None else dt.transaction_version(app_id)
+            current = current or 0
+            if current >= progress.next_index:
+                return True
+            if current != expect_from:
+                raise RunLockedError(
+                    f"another run advanced {app_id} to {current} (this run expected "
+                    f"{expect_from}); stop the other run or wait for it")
+            return False
+
+        if landed():
+            return False
+        custom = {
+            **metadata,
+            META_PREFIX + "app_id": app_id,
+            META_PREFIX + "next_index": str(progress.next_index),
+            META_PREFIX + "next_shard": progress.next_shard or "",
+            META_PREFIX + "next_offset": str(progress.next_offset),
+            META_PREFIX + "exhausted": "true" if progress.exhausted else "false",
+        }
+        props = CommitProperties(custom_metadata=custom,
+                                 app_transactions=[Transaction(app_id, progress.next_index)])
+
+        def write() -> None:
+            write_deltalake(self.uri, rows, mode="append", commit_properties=props,
+                            storage_options=self.storage_options or None)
+
+        retry(write, what=f"commit of rows {expect_from}..{progress.next_index - 1}",
+              before_retry=landed)
+        return True
+
+    def replace_failed(self, rows: pa.Table, *, metadata: dict[str, str]) -> None:
+        """Replace ``failed`` rows by their retried outcome, in one commit (idempotent: a row
+        that is no longer ``failed`` is left alone)."""
+        from deltalake import CommitProperties
+
+        rows = rows.select(CAPTIONS.names).cast(CAPTIONS)
+
+        def merge() -> None:
+            dt = self._delta()
+            (dt.merge(rows, predicate=("t.source = s.source AND t.caption_config = s.caption_config"
+                                        " AND t.source_index = s.source_index AND t.status = 'failed'"),
+                      source_alias="s", target_alias="t",
+                      commit_properties=CommitProperties(custom_metadata=metadata))
+             .when_matched_update_all().execute())
+
+        retry(merge, what=f"replacing {rows.num_rows} failed rows")
+
+    @contextmanager
+    def lock(self, *, wait: bool = False) -> Iterator[None]:
+        """Hold the table's run lock (local tables): one enrich run or compaction at a time.
+        The OS drops it when the process dies, SIGKILL included."""
+        if not _is_local(self.uri):
+            # Object stores have no lock here; the app-transaction check in append() still makes a
+            # second writer fail before it can duplicate a row.
+            yield
+            return
+        path = _local_path(self.uri)
+        os.makedirs(path, exist_ok=True)
+        fd = os.open(os.path.join(path, "_enrich.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+                raise RunLockedError(f"--table {self.uri!r} is in use by another enrich process "
+                                     f"({holder or 'unknown'}); try again when it ends") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"pid": os.getpid(), "since": time.time()}).encode(), 0)
+            yield
+        finally:
+            os.close(fd)
+
+
+def _same_columns(have: pa.Schema, want: pa.Schema) -> bool:
+    if have.names != want.names:
+        return False
+    for a, b in zip(have, want):
+        if a.type != b.type and not (pa.types.is_timestamp(a.type) and pa.types.is_timestamp(b.type)):
+            if not (pa.types.is_string(a.type) or pa.types.is_large_string(a.type)) or \
+                    not (pa.types.is_string(b.type) or pa.types.is_large_string(b.type)):
+                return False
+    return True
+
+
+def _describe_diff(have: pa.Schema | None, want: pa.Schema) -> str:
+    if have is None:
+        return "unreadable schema"
+    missing = [n for n in want.names if n not in have.names]
+    extra = [n for n in have.names if n not in want.names]
+    parts = []
+    if missing:
+        parts.append("missing " + ", ".join(missing))
+    if extra:
+        parts.append("unexpected " + ", ".join(extra))
+    return "; ".join(parts) or "column types differ"

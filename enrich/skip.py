@@ -1,0 +1,69 @@
+"""Skip index: which image hashes are already captioned under this caption config.
+
+Kept compact because it holds every captioned image of a config: the first 16 bytes of each
+sha256 (a collision needs ~2^64 images), in a sorted numpy array searched in bulk. New hashes of
+this run go to a small set that is folded into the array every ``MERGE_EVERY`` additions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+PREFIX = 16
+MERGE_EVERY = 65_536
+
+
+def _prefix(hex_hash: str) -> bytes:
+    # numpy's S dtype drops trailing NUL bytes on the way out (tolist), so keep keys stripped
+    # wherever they live in Python sets; the sorted array pads them back identically.
+    return bytes.fromhex(hex_hash[: PREFIX * 2]).rstrip(b"\x00")
+
+
+class SkipIndex:
+    def __init__(self, hex_hashes: Iterable[str] = ()) -> None:
+        arr = np.array([_prefix(h) for h in hex_hashes], dtype=f"S{PREFIX}")
+        self._sorted = np.unique(arr)
+        self._recent: set[bytes] = set()
+
+    @classmethod
+    def from_arrow(cls, column: object) -> SkipIndex:
+        """Build from an Arrow string array of hex hashes without a Python loop per row."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        arr = pa.chunked_array(column) if not isinstance(column, pa.ChunkedArray) else column
+        arr = pc.drop_null(arr)
+        index = cls()
+        if len(arr):
+            hexes = np.array(pc.utf8_slice_codeunits(arr, 0, PREFIX * 2).to_pylist(), dtype="S32")
+            raw = np.frombuffer(bytes.fromhex(b"".join(hexes).decode()), dtype=f"S{PREFIX}")
+            index._sorted = np.unique(raw)
+        return index
+
+    def __len__(self) -> int:
+        return len(self._sorted) + len(self._recent)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._sorted.nbytes) + len(self._recent) * (PREFIX + 60)
+
+    def contains_many(self, hex_hashes: list[str]) -> np.ndarray:
+        keys = np.array([_prefix(h) for h in hex_hashes], dtype=f"S{PREFIX}")
+        pos = np.searchsorted(self._sorted, keys)
+        pos = np.minimum(pos, max(len(self._sorted) - 1, 0))
+        found = self._sorted[pos] == keys if len(self._sorted) else np.zeros(len(keys), bool)
+        if self._recent:
+            found |= np.array([k in self._recent for k in keys.tolist()], dtype=bool)
+        return found
+
+    def __contains__(self, hex_hash: str) -> bool:
+        return bool(self.contains_many([hex_hash])[0])
+
+    def add(self, hex_hash: str) -> None:
+        self._recent.add(_prefix(hex_hash))
+        if len(self._recent) >= MERGE_EVERY:
+            merged = np.concatenate([self._sorted, np.array(list(self._recent), f"S{PREFIX}")])
+            self._sorted = np.unique(merged)
+            self._recent.clear()

@@ -1,0 +1,195 @@
+"""Source stage: list webdataset shards and stream their samples as raw bytes, in canonical order.
+
+Canonical order: shards sorted by name, samples in tar order. A sample is the run of consecutive
+members sharing a key (``<key>.jpg`` + ``<key>.txt``). Nothing is decoded here: with decoding on,
+one corrupt JPEG ends a ``datasets`` iterator and loses every later row (see FACTS.md), so the
+reader hands out bytes and the prepare stage judges them.
+
+Shards come from a local directory or glob, any fsspec URL (``s3://``, ``hf://``...), a Hugging Face
+dataset id (read through ``huggingface_hub.HfFileSystem``), or the word ``sample``.
+"""
+
+from __future__ import annotations
+
+import glob as globmod
+import hashlib
+import logging
+import os
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import IO
+
+from enrich.errors import SourceError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+TEXT_EXTS = ("txt",)
+# Transient read errors (network, object store) are retried by reopening the shard and skipping
+# what was already read; content errors (a truncated or non-tar file) are not.
+READ_RETRIES = 4
+
+
+@dataclass(frozen=True)
+class Shard:
+    name: str  # the shard's file name, the table's source_shard
+    url: str  # what to open
+    open: Callable[[], IO[bytes]]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One webdataset sample, raw. ``error`` is set for a shard-level error marker."""
+
+    shard: str
+    offset: int
+    key: str
+    image: bytes | None
+    image_ext: str | None
+    error: str | None = None
+
+    @property
+    def image_hash(self) -> str | None:
+        return None if self.image is None else hashlib.sha256(self.image).hexdigest()
+
+
+def _is_hub_id(source: str) -> bool:
+    return (
+        "://" not in source
+        and source.count("/") == 1
+        and not os.path.exists(source)
+        and not any(ch in source for ch in "*?[")
+    )
+
+
+def list_shards(source: str, *, sample_dir: str | None = None) -> list[Shard]:
+    """The shards of ``source`` in canonical (name) order. Raises :class:`SourceError`."""
+    if source == "sample":
+        from enrich.sample import ensure_sample
+
+        return list_shards(str(ensure_sample(sample_dir)))
+    if _is_hub_id(source) or source.startswith("hf://"):
+        return _list_fsspec(source if source.startswith("hf://") else f"hf://datasets/{source}")
+    if "://" in source:
+        return _list_fsspec(source)
+    if os.path.isdir(source):
+        paths = sorted(globmod.glob(os.path.join(source, "**", "*.tar"), recursive=True))
+    elif os.path.isfile(source):
+        paths = [source]
+    else:
+        paths = sorted(globmod.glob(source, recursive=True))
+    if not paths:
+        raise SourceError(f"--source {source!r}: no .tar shards found")
+    paths.sort(key=lambda p: (os.path.basename(p), p))
+    return [Shard(os.path.basename(p), p, _opener_local(p)) for p in paths]
+
+
+def _opener_local(path: str) -> Callable[[], IO[bytes]]:
+    def _open() -> IO[bytes]:
+        return open(path, "rb")
+
+    return _open
+
+
+def _list_fsspec(url: str) -> list[Shard]:
+    import fsspec
+
+    try:
+        if url.startswith("hf://"):
+            # HfFileSystem reads HF_TOKEN from the environment itself; we never pass it around.
+            from huggingface_hub import HfFileSystem
+
+            fs = HfFileSystem()
+            root = url[len("hf://") :]
+        else:
+            fs, root = fsspec.core.url_to_fs(url)
+        pattern = root if any(ch in root for ch in "*?[") else root.rstrip("/") + "/**/*.tar"
+        paths = sorted(fs.glob(pattern), key=lambda p: (PurePosixPath(p).name, p))
+    except Exception as exc:  # noqa: BLE001 - any listing failure means the source is unusable
+        raise SourceError(f"--source {url!r}: cannot list shards ({type(exc).__name__}: {exc})") from None
+    if not paths:
+        raise SourceError(f"--source {url!r}: no .tar shards found")
+
+    def opener(p: str) -> Callable[[], IO[bytes]]:
+        return lambda: fs.open(p, "rb", block_size=8 * 1024 * 1024)
+
+    return [Shard(PurePosixPath(p).name, p, opener(p)) for p in paths]
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    """webdataset convention: the key is everything before the first dot of the base name."""
+    directory, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    key = f"{directory}/{stem}" if directory else stem
+    return key, (ext.lower() if dot else "")
+
+
+def _iter_members(fileobj: IO[bytes]) -> Iterator[tuple[str, str, bytes]]:
+    with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            handle = tar.extractfile(member)
+            data = handle.read() if handle is not None else b""
+            key, ext = _split_name(member.name)
+            yield key, ext, data
+
+
+def _group(members: Iterator[tuple[str, str, bytes]], shard: str) -> Iterator[Sample]:
+    offset = 0
+    key: str | None = None
+    image: bytes | None = None
+    image_ext: str | None = None
+    for mkey, ext, data in members:
+        if key is not None and mkey != key:
+            yield Sample(shard, offset, key, image, image_ext)
+            offset += 1
+            image, image_ext = None, None
+        elif key is not None and ext in IMAGE_EXTS and image is not None:
+            # The same key twice in a row with a second image: a new sample, not a silent overwrite.
+            yield Sample(shard, offset, key, image, image_ext)
+            offset += 1
+            image, image_ext = None, None
+        key = mkey
+        if ext in IMAGE_EXTS and image is None:
+            image, image_ext = data, ext
+    if key is not None:
+        yield Sample(shard, offset, key, image, image_ext)
+
+
+def iter_shard(shard: Shard, *, start: int = 0) -> Iterator[Sample]:
+    """The samples of one shard from position ``start``. A shard whose content is broken ends with
+    one error marker (``Sample.error``) after the samples that could be read; transient read errors
+    are retried by reopening and skipping ahead; if they persist, ``OSError`` propagates."""
+    done = start
+    attempt = 0
+    while True:
+        position = 0
+        try:
+            with shard.open() as fileobj:
+                for sample in _group(_iter_members(fileobj), shard.name):
+                    position = sample.offset + 1
+                    if sample.offset < done:
+                        continue
+                    yield sample
+                    done = position
+            return
+        except (tarfile.ReadError, EOFError) as exc:
+            if done == 0 and position == 0 and "empty file" in str(exc):
+                log.warning("shard %s is empty", shard.name)
+                return
+            if position >= done:  # not yet reported by the run being resumed
+                what = "not a tar file" if position == 0 else f"truncated tar after {position} samples"
+                yield Sample(shard.name, position, "", None, None,
+                             error=f"shard error: {shard.name}: {what} ({exc})")
+            return
+        except OSError as exc:
+            attempt += 1
+            if attempt > READ_RETRIES:
+                raise
+            delay = min(30.0, 0.5 * 2**attempt)
+            log.warning("reading %s failed (%s); retry %d in %.1fs", shard.name, exc, attempt, delay)
+            time.sleep(delay)
