@@ -90,6 +90,8 @@ class RunConfig:
     dry_run_startup_s: float = 0.0
     # Fault drills only: source indices at which a dry-run replica dies (os._exit) once.
     dry_run_crash_on: str = ""
+    # ...and at which it reports an engine error for the row (like a vLLM inference error).
+    dry_run_fail_on: str = ""
     commit_every: int = 2000
     commit_seconds: float = 60.0
     checkpoint_dir: str = "./checkpoints"

@@ -372,7 +372,8 @@ class _Committer:
         if not self.retry_buffer:
             return
         rows = [self._full_row(r) for r in self.retry_buffer]
-        self.table.replace_failed(pa.Table.from_pylist(rows), metadata=self._meta())
+        self.table.replace_failed(pa.Table.from_pylist(rows), source=self.cfg.source,
+                                  caption_config=self.caption_config, metadata=self._meta())
         self.retry_buffer.clear()
         self.commits += 1
 
@@ -382,29 +383,33 @@ class _Committer:
                 "enrich.source": self.cfg.source, "enrich.enricher_version": self.version}
 
     def maybe_commit(self, *, final: bool = False) -> None:
+        """Commit full slices of ``commit_every`` rows; the rest when ``commit_seconds`` have
+        passed or at the end (``final``)."""
         if final:
             self._release_held(None)
             self._flush_retry()
-        due = len(self.buffer) >= self.cfg.commit_every or (
-            self.buffer and time.monotonic() - self.last_commit >= self.cfg.commit_seconds)
-        if not self.buffer or not (final or due):
-            return
-        self._flush_retry()
-        rows = sorted(self.buffer, key=lambda r: r["source_index"])
+        while len(self.buffer) >= self.cfg.commit_every:
+            self._commit(self.cfg.commit_every, final=False)
+        late = time.monotonic() - self.last_commit >= self.cfg.commit_seconds
+        if self.buffer and (final or late):
+            self._commit(len(self.buffer), final=final)
+
+    def _commit(self, n: int, *, final: bool) -> None:
+        self._flush_retry()  # retried rows sit before the main stream: they land first
+        self.buffer.sort(key=lambda r: r["source_index"])
+        rows, self.buffer = self.buffer[:n], self.buffer[n:]
         first, last = rows[0]["source_index"], rows[-1]["source_index"]
         if first != self.next_index or last - first + 1 != len(rows):
             raise AssertionError(f"internal error: rows {first}..{last} ({len(rows)}) are not the "
                                  f"contiguous run after {self.next_index}; nothing was committed")
-        last_meta = rows[-1]
-        at_end = final and self.reader.exhausted
-        progress = Progress(next_index=last + 1, next_shard=last_meta["source_shard"],
-                            next_offset=last_meta["source_offset"] + 1, exhausted=at_end)
+        at_end = final and not self.buffer and self.reader.exhausted
+        progress = Progress(next_index=last + 1, next_shard=rows[-1]["source_shard"],
+                            next_offset=rows[-1]["source_offset"] + 1, exhausted=at_end)
         self.table.append(pa.Table.from_pylist(rows), app_id=self.plan.app_id,
                           expect_from=self.next_index, progress=progress, metadata=self._meta())
         self.next_index = last + 1
         self.committed += len(rows)
         self.commits += 1
-        self.buffer = []
         self.last_commit = time.monotonic()
 
 

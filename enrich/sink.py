@@ -216,22 +216,25 @@ class CaptionsTable:
               before_retry=landed)
         return True
 
-    def replace_failed(self, rows: pa.Table, *, metadata: dict[str, str]) -> None:
-        """Replace ``failed`` rows by their retried outcome, in one commit (idempotent: a row
-        that is no longer ``failed`` is left alone)."""
-        from deltalake import CommitProperties
+    def replace_failed(self, rows: pa.Table, *, source: str, caption_config: str,
+                       metadata: dict[str, str]) -> None:
+        """Replace the rows of a retry (they were ``failed``) by their new outcome, in one commit:
+        Delta's replace-where deletes the old rows and adds the new ones atomically, and running
+        it twice gives the same table. (MERGE is avoided: delta-rs 1.6 writes its files with
+        ``string_view`` columns, which pyarrow's dataset filters then reject.)"""
+        from deltalake import CommitProperties, write_deltalake
 
         rows = rows.select(CAPTIONS.names).cast(CAPTIONS)
+        indices = ",".join(str(int(i)) for i in rows.column("source_index").to_pylist())
+        predicate = (f"source = {_sql_str(source)} AND caption_config = {_sql_str(caption_config)}"
+                     f" AND source_index IN ({indices})")
 
-        def merge() -> None:
-            dt = self._delta()
-            (dt.merge(rows, predicate=("t.source = s.source AND t.caption_config = s.caption_config"
-                                        " AND t.source_index = s.source_index AND t.status = 'failed'"),
-                      source_alias="s", target_alias="t",
-                      commit_properties=CommitProperties(custom_metadata=metadata))
-             .when_matched_update_all().execute())
+        def write() -> None:
+            write_deltalake(self.uri, rows, mode="overwrite", predicate=predicate,
+                            commit_properties=CommitProperties(custom_metadata=metadata),
+                            storage_options=self.storage_options or None)
 
-        retry(merge, what=f"replacing {rows.num_rows} failed rows")
+        retry(write, what=f"replacing {rows.num_rows} retried rows")
 
     @contextmanager
     def lock(self, *, wait: bool = False) -> Iterator[None]:
@@ -257,6 +260,10 @@ class CaptionsTable:
             yield
         finally:
             os.close(fd)
+
+
+def _sql_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
 
 
 def _same_columns(have: pa.Schema, want: pa.Schema) -> bool:

@@ -138,24 +138,37 @@ def _iter_members(fileobj: IO[bytes]) -> Iterator[tuple[str, str, bytes]]:
             yield key, ext, data
 
 
+class _Broken(Exception):
+    """The shard's content broke after ``count`` complete samples."""
+
+    def __init__(self, cause: BaseException, count: int) -> None:
+        super().__init__(str(cause))
+        self.count = count
+
+
 def _group(members: Iterator[tuple[str, str, bytes]], shard: str) -> Iterator[Sample]:
     offset = 0
     key: str | None = None
     image: bytes | None = None
     image_ext: str | None = None
-    for mkey, ext, data in members:
-        if key is not None and mkey != key:
+    try:
+        for mkey, ext, data in members:
+            new_image_same_key = mkey == key and ext in IMAGE_EXTS and image is not None
+            if key is not None and (mkey != key or new_image_same_key):
+                # A new key, or the same key again with a second image: a new sample, never a
+                # silent overwrite.
+                yield Sample(shard, offset, key, image, image_ext)
+                offset += 1
+                image, image_ext = None, None
+            key = mkey
+            if ext in IMAGE_EXTS and image is None:
+                image, image_ext = data, ext
+    except (tarfile.ReadError, EOFError) as exc:
+        # The members read before the break are intact: hand them out, then report the break.
+        if key is not None and image is not None:
             yield Sample(shard, offset, key, image, image_ext)
             offset += 1
-            image, image_ext = None, None
-        elif key is not None and ext in IMAGE_EXTS and image is not None:
-            # The same key twice in a row with a second image: a new sample, not a silent overwrite.
-            yield Sample(shard, offset, key, image, image_ext)
-            offset += 1
-            image, image_ext = None, None
-        key = mkey
-        if ext in IMAGE_EXTS and image is None:
-            image, image_ext = data, ext
+        raise _Broken(exc, offset) from exc
     if key is not None:
         yield Sample(shard, offset, key, image, image_ext)
 
@@ -167,23 +180,21 @@ def iter_shard(shard: Shard, *, start: int = 0) -> Iterator[Sample]:
     done = start
     attempt = 0
     while True:
-        position = 0
         try:
             with shard.open() as fileobj:
                 for sample in _group(_iter_members(fileobj), shard.name):
-                    position = sample.offset + 1
                     if sample.offset < done:
                         continue
                     yield sample
-                    done = position
+                    done = sample.offset + 1
             return
-        except (tarfile.ReadError, EOFError) as exc:
-            if done == 0 and position == 0 and "empty file" in str(exc):
+        except _Broken as exc:
+            if exc.count == 0 and "empty file" in str(exc):
                 log.warning("shard %s is empty", shard.name)
                 return
-            if position >= done:  # not yet reported by the run being resumed
-                what = "not a tar file" if position == 0 else f"truncated tar after {position} samples"
-                yield Sample(shard.name, position, "", None, None,
+            if exc.count >= done:  # not yet reported by the run being resumed
+                what = "not a tar file" if exc.count == 0 else f"truncated tar after {exc.count} samples"
+                yield Sample(shard.name, exc.count, "", None, None,
                              error=f"shard error: {shard.name}: {what} ({exc})")
             return
         except OSError as exc:

@@ -43,13 +43,14 @@ class DryRunCaptioner:
     engine starts once per replica, not once per commit."""
 
     def __init__(self, *, image_size: int, ms_per_image: float, startup_s: float,
-                 starts_dir: str | None, crash_on: str) -> None:
+                 starts_dir: str | None, crash_on: str, fail_on: str = "") -> None:
         if startup_s:
             time.sleep(startup_s)  # stands in for loading weights
         self.size = image_size
         self.ms = ms_per_image
         self.starts_dir = starts_dir
         self.crash_on = {int(x) for x in crash_on.split(",") if x.strip()}
+        self.fail_on = {int(x) for x in fail_on.split(",") if x.strip()}
         if starts_dir:
             Path(starts_dir).mkdir(parents=True, exist_ok=True)
             (Path(starts_dir) / f"start-{os.getpid()}-{uuid.uuid4().hex[:8]}").touch()
@@ -73,14 +74,18 @@ class DryRunCaptioner:
         pending = [i for i, s in enumerate(status) if s == "pending"]
         if self.ms and pending:
             time.sleep(self.ms * len(pending) / 1000.0)
+        errors = batch.column("error").to_pylist()
         for i in pending:
+            if indices[i] in self.fail_on:
+                status[i], errors[i] = "failed", "engine error: injected by dry_run_fail_on"
+                continue
             captions[i], tokens[i] = caption_pixels(pixels[i], self.size)
             truncated[i] = False
             status[i] = "captioned"
         return pa.table({
             "source_index": batch.column("source_index"),
             "status": pa.array(status, pa.string()),
-            "error": batch.column("error"),
+            "error": pa.array(errors, pa.string()),
             "caption": pa.array(captions, pa.string()),
             "num_generated_tokens": pa.array(tokens, pa.int32()),
             "caption_truncated": pa.array(truncated, pa.bool_()),
@@ -118,6 +123,7 @@ class DryRunEngine:
                 startup_s=self.cfg.dry_run_startup_s,
                 starts_dir=self.starts_dir,
                 crash_on=self.cfg.dry_run_crash_on,
+                fail_on=self.cfg.dry_run_fail_on,
             ),
             batch_size=self.cfg.batch_size,
             batch_format="pyarrow",

@@ -1,0 +1,65 @@
+"""Shared fixtures: one real local Ray cluster for the session, small real webdatasets."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from enrich.sample import DatasetSpec, make_webdataset
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+# The test cluster listens on loopback only; Ray 2.60's token auth would make every client
+# (this process and each CLI subprocess) find the token first. Off for this private cluster.
+os.environ["RAY_AUTH_MODE"] = "disabled"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Ray head on this machine, shared by the in-process runs and the CLI subprocesses
+    (each subprocess connecting to it costs ~1 s instead of ~5 s for its own ray.init)."""
+    port = _free_port()
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    temp = tmp_path_factory.mktemp("ray")
+    subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=2",
+                    "--node-ip-address=127.0.0.1",
+                    "--include-dashboard=false", "--disable-usage-stats",
+                    f"--temp-dir={temp}"], check=True, capture_output=True, timeout=120)
+    address = f"127.0.0.1:{port}"
+    import ray
+
+    ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+    try:
+        yield address
+    finally:
+        ray.shutdown()
+        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 shards x 30 samples (shard number 00002 missing), with duplicates and corrupt members."""
+    out = tmp_path_factory.mktemp("shards")
+    make_webdataset(out, DatasetSpec(shards=4, per_shard=30, seed=7, min_side=200, max_side=700))
+    return out
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
+        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m enrich`` in a fresh process."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "enrich", *args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, cwd=cwd)

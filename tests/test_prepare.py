@@ -1,0 +1,70 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from enrich.prepare import MAX_PIXELS, prepare_image
+
+
+def _encode(img: Image.Image, fmt: str, **kw: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def photo() -> Image.Image:
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8), "RGB")
+
+
+def test_good_jpeg_becomes_square_rgb(photo: Image.Image) -> None:
+    p = prepare_image(_encode(photo, "JPEG"), size=225)
+    assert p.ok and p.error is None
+    assert (p.width, p.height) == (400, 300)
+    assert p.pixels is not None and len(p.pixels) == 225 * 225 * 3
+
+
+@pytest.mark.parametrize("data,reason", [
+    (None, "no image member"),
+    (b"", "zero-byte"),
+    (b"<html><body>404</body></html>", "not an image"),
+    (bytes(range(256)) * 8, "not an image"),
+])
+def test_rejections_have_specific_reasons(data: bytes | None, reason: str) -> None:
+    p = prepare_image(data, size=225)
+    assert not p.ok and p.pixels is None and reason in (p.error or "")
+
+
+def test_truncated_jpeg_passes_open_but_is_rejected(photo: Image.Image) -> None:
+    data = _encode(photo, "JPEG")
+    Image.open(io.BytesIO(data[: len(data) // 2]))  # the header alone looks fine
+    p = prepare_image(data[: len(data) // 2], size=225)
+    assert not p.ok and "corrupt image data" in (p.error or "")
+
+
+def test_decompression_bomb_is_rejected_before_decoding() -> None:
+    side = int(MAX_PIXELS ** 0.5) + 100
+    data = _encode(Image.new("L", (side, side)), "PNG", optimize=True)
+    p = prepare_image(data, size=225)
+    assert not p.ok and "decompression bomb" in (p.error or "")
+
+
+def test_modes_become_rgb() -> None:
+    for img in (Image.new("CMYK", (50, 40), (10, 20, 30, 0)), Image.new("LA", (50, 40)),
+                Image.new("I;16", (50, 40)), Image.new("P", (50, 40))):
+        fmt = "TIFF" if img.mode in ("CMYK", "I;16") else "PNG"
+        p = prepare_image(_encode(img, fmt), size=64)
+        assert p.ok, (img.mode, p.error)
+        assert len(p.pixels or b"") == 64 * 64 * 3
+
+
+def test_draft_decode_stays_close_to_full_decode(photo: Image.Image) -> None:
+    big = photo.resize((1600, 1200))
+    data = _encode(big, "JPEG", quality=92)
+    a = np.frombuffer(prepare_image(data, size=225, draft=True).pixels or b"", np.uint8)
+    b = np.frombuffer(prepare_image(data, size=225, draft=False).pixels or b"", np.uint8)
+    mse = float(np.mean((a.astype(float) - b.astype(float)) ** 2))
+    psnr = 10 * np.log10(255**2 / max(mse, 1e-9))
+    assert psnr >= 30, psnr  # benchmarks/preprocess.py reports it on realistic photos

@@ -1,0 +1,135 @@
+"""End to end on real local Ray, real tar shards and real Delta tables."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable, write_deltalake
+
+from enrich.config import RunConfig, run_identity
+from enrich.errors import TableError
+from enrich.pipeline import run
+from enrich.progress import Reporter
+from enrich.schemas import CAPTIONS
+from enrich.sink import CaptionsTable, Progress
+from tests.helpers import outcome, read_table
+
+pytestmark = pytest.mark.usefixtures("ray_address")
+
+
+def _cfg(shards: Path, tmp_path: Path, until: int, **kw: object) -> RunConfig:
+    base = dict(until=until, source=str(shards), table=str(tmp_path / "t"), engine="dry-run",
+                checkpoint_dir=str(tmp_path / "ck"), commit_every=25)
+    base.update(kw)
+    return RunConfig(**base)  # type: ignore[arg-type]
+
+
+def _run(cfg: RunConfig):
+    return run(cfg, reporter=Reporter(total=cfg.until, quiet=True))
+
+
+def test_run_rerun_and_extend_equal_one_clean_run(shards: Path, tmp_path: Path) -> None:
+    first = _run(_cfg(shards, tmp_path, 50))
+    assert first.outcome == "completed" and first.committed_rows == 50
+    table = read_table(str(tmp_path / "t"))
+    assert table.schema.names == CAPTIONS.names
+    for got, want in zip(table.schema, CAPTIONS):
+        assert got.type == want.type, got.name
+    assert sorted(table.column("source_index").to_pylist()) == list(range(50))
+    version = DeltaTable(str(tmp_path / "t")).version()
+
+    again = _run(_cfg(shards, tmp_path, 50))
+    assert again.outcome == "nothing to do" and again.engine_starts == 0
+    assert DeltaTable(str(tmp_path / "t")).version() == version
+
+    more = _run(_cfg(shards, tmp_path, 1000))  # more than the source holds
+    assert more.committed_rows == 70
+    clean = _run(_cfg(shards, tmp_path / "clean", 1000, commit_every=1000))
+    assert outcome(str(tmp_path / "t")) == outcome(str(tmp_path / "clean" / "t"))
+    assert len(outcome(str(tmp_path / "t"))) == 120
+    done = _run(_cfg(shards, tmp_path, 5000))
+    assert done.outcome.startswith("nothing to do") and clean.engine_starts == 1
+
+
+def test_statuses_duplicates_and_rejections(shards: Path, tmp_path: Path) -> None:
+    _run(_cfg(shards, tmp_path, 120))
+    rows = read_table(str(tmp_path / "t")).to_pylist()
+    by_status: dict[str, list[dict]] = {}
+    for r in rows:
+        by_status.setdefault(r["status"], []).append(r)
+        assert (r["caption"] is not None) == (r["status"] == "captioned")
+        assert r["model"] == "dry-run" and r["caption_config"].startswith("dry-run-")
+    assert set(by_status) >= {"captioned", "duplicate", "rejected"}
+    captioned_hashes = {r["image_hash"] for r in by_status["captioned"]}
+    for r in by_status["duplicate"]:
+        assert r["image_hash"] in captioned_hashes
+        assert min(x["source_index"] for x in by_status["captioned"]
+                   if x["image_hash"] == r["image_hash"]) < r["source_index"]
+    reasons = {r["error"].split(":")[0] for r in by_status["rejected"]}
+    assert reasons <= {"zero-byte image", "corrupt image data", "not an image"}, reasons
+    assert all(r["image_width"] is None for r in by_status["rejected"]
+               if r["error"].startswith(("zero-byte", "not an image")))
+    assert all(r["caption"].startswith("dry-run: mean RGB") for r in by_status["captioned"])
+    assert len(captioned_hashes) == len(by_status["captioned"])  # no image captioned twice
+
+
+def test_other_caption_config_captions_everything_again(shards: Path, tmp_path: Path) -> None:
+    a = _run(_cfg(shards, tmp_path, 40))
+    b = _run(_cfg(shards, tmp_path, 40, prompt="Say what is in the picture."))
+    assert a.plan.caption_config != b.plan.caption_config
+    assert b.committed_rows == 40 and b.counts.by_status["captioned"] == a.counts.by_status["captioned"]
+    assert len(read_table(str(tmp_path / "t"))) == 80
+
+
+def test_failed_rows_are_retried_and_replaced(shards: Path, tmp_path: Path) -> None:
+    first = _run(_cfg(shards, tmp_path, 30, dry_run_fail_on="3,5"))
+    rows = {r["source_index"]: r for r in read_table(str(tmp_path / "t")).to_pylist()}
+    failed = {i for i, r in rows.items() if r["status"] == "failed"}
+    assert {3, 5} <= failed and first.counts.by_status["failed"] == len(failed)
+    # a later copy of a failed image shares its outcome (and is retried with it)
+    assert all(rows[i]["image_hash"] in {rows[3]["image_hash"], rows[5]["image_hash"]} for i in failed)
+    assert rows[3]["status"] == "failed" and "injected" in rows[3]["error"]
+    second = _run(_cfg(shards, tmp_path, 30))
+    assert second.plan.failed_to_retry == len(failed)
+    after = outcome(str(tmp_path / "t"))
+    assert len(after) == 30 and after[3][0] == "captioned" and after[5][0] == "captioned"
+    third = _run(_cfg(shards, tmp_path, 30))
+    assert third.outcome == "nothing to do"
+
+
+def test_engine_starts_once_per_replica_over_many_commits(shards: Path, tmp_path: Path) -> None:
+    res = _run(_cfg(shards, tmp_path, 120, commit_every=8, concurrency=2, dry_run_startup_s=0.5))
+    assert res.commits >= 10
+    assert res.engine_starts == 2
+
+
+def test_table_with_another_schema_is_refused(tmp_path: Path) -> None:
+    write_deltalake(str(tmp_path / "other"), pa.table({"x": [1]}))
+    with pytest.raises(TableError, match="another schema"):
+        CaptionsTable(str(tmp_path / "other"))
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "notes.txt").write_text("hi")
+    with pytest.raises(TableError, match="not a Delta table"):
+        CaptionsTable(str(tmp_path / "plain"))
+
+
+def test_a_retried_commit_never_lands_twice(tmp_path: Path) -> None:
+    table = CaptionsTable(str(tmp_path / "t"))
+    cfg = RunConfig(until=2, engine="dry-run")
+    app = run_identity("src", cfg.caption)
+    rows = [{"source_index": i, "source": "src", "source_shard": "00000.tar", "source_key": f"k{i}",
+             "source_offset": i, "image_hash": None, "status": "rejected", "caption": None,
+             "error": "zero-byte image", "model": "dry-run", "caption_config": cfg.caption.id,
+             "image_width": None, "image_height": None, "num_generated_tokens": None,
+             "caption_truncated": None, "run_id": "r", "enricher_version": "0",
+             "created_at": __import__("datetime").datetime.now(__import__("datetime").timezone.utc)}
+            for i in range(2)]
+    data = pa.Table.from_pylist(rows, schema=CAPTIONS)
+    progress = Progress(next_index=2, next_shard="00000.tar", next_offset=2)
+    assert table.append(data, app_id=app, expect_from=0, progress=progress, metadata={})
+    assert not table.append(data, app_id=app, expect_from=0, progress=progress, metadata={})
+    assert len(read_table(str(tmp_path / "t"))) == 2
+    assert table.progress(app) == dataclasses.replace(progress)
