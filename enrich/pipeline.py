@@ -433,12 +433,16 @@ def run(cfg: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
     table = CaptionsTable(cfg.table, storage_options=storage_options_from_env())
     reporter = reporter or Reporter(total=cfg.until)
     counts = Counts()
+    plan = make_plan(cfg, table)
+    if plan.nothing_to_do:  # answered from the Delta log alone: no source listing, no Ray
+        reporter.start(plan)
+        return RunResult(run_id, counts, 0, 0, time.time() - started, 0, "nothing to do", plan)
+    shards = list_shards(cfg.source)  # a bad source fails here, before anything is written
     with table.lock():
-        plan = make_plan(cfg, table)
+        plan = make_plan(cfg, table)  # again under the lock: another run may have moved it
         reporter.start(plan)
         if plan.nothing_to_do:
             return RunResult(run_id, counts, 0, 0, time.time() - started, 0, "nothing to do", plan)
-        shards = list_shards(cfg.source)
         skip = SkipIndex.from_arrow(table.captioned_hashes(plan.caption_config))
         retry_rows = table.failed_rows(cfg.source, plan.caption_config)
         reader = Reader(shards, plan.progress, cfg.until, skip, retry_rows)
