@@ -103,6 +103,9 @@ def build_run_parser() -> argparse.ArgumentParser:
     e.add_argument("--engine-kwargs", type=_json_object, metavar="JSON",
                    help="extra vLLM engine arguments as a JSON object (tensor_parallel_size, "
                    "quantization, max_num_seqs, ...)")
+    e.add_argument("--gpu-wait", dest="gpu_wait_s", type=_nonneg_float, metavar="S",
+                   help="how long to wait for a node with the accelerator to join (autoscaling "
+                   "clusters); default 0: fail at once when none is there")
     e.add_argument("--dry-run-ms-per-image", type=_nonneg_float, metavar="MS",
                    help="time the dry-run engine spends per image (default 0)")
 

@@ -86,6 +86,7 @@ class RunConfig:
     concurrency: int = 1
     batch_size: int = 64
     engine_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    gpu_wait_s: float = 0.0
     dry_run_ms_per_image: float = 0.0
     dry_run_startup_s: float = 0.0
     # Fault drills only: source indices at which a dry-run replica dies (os._exit) once.
@@ -109,6 +110,8 @@ class RunConfig:
         for name in ("concurrency", "batch_size", "commit_every", "max_tokens", "max_model_len"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.gpu_wait_s < 0:
+            raise UsageError("--gpu-wait must be >= 0")
         if self.dry_run_ms_per_image < 0 or self.dry_run_startup_s < 0:
             raise UsageError("--dry-run-ms-per-image must be >= 0")
         if self.commit_seconds <= 0:

@@ -30,6 +30,7 @@ from typing import Any
 import pyarrow as pa
 
 from enrich.config import RunConfig, enricher_version, run_identity
+from enrich.engines.base import Engine
 from enrich.journal import Journal
 from enrich.progress import Counts, Reporter
 from enrich.sink import CaptionsTable, Progress
@@ -438,18 +439,23 @@ def run(cfg: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
         reporter.start(plan)
         return RunResult(run_id, counts, 0, 0, time.time() - started, 0, "nothing to do", plan)
     shards = list_shards(cfg.source)  # a bad source fails here, before anything is written
+    from enrich.engines import make_engine
+
+    journal = Journal(cfg, run_id, plan)
+    engine = make_engine(cfg, starts_dir=journal.engine_dir)
+    _init_ray(cfg)
+    engine.check_cluster()  # no GPU for the model: fail now, before anything is written
     with table.lock():
         plan = make_plan(cfg, table)  # again under the lock: another run may have moved it
+        journal.plan = plan
         reporter.start(plan)
         if plan.nothing_to_do:
             return RunResult(run_id, counts, 0, 0, time.time() - started, 0, "nothing to do", plan)
         skip = SkipIndex.from_arrow(table.captioned_hashes(plan.caption_config))
         retry_rows = table.failed_rows(cfg.source, plan.caption_config)
         reader = Reader(shards, plan.progress, cfg.until, skip, retry_rows)
-        journal = Journal(cfg, run_id, plan)
         journal.write("running", counts)
         chunks = reader.chunks()
-        # Peek before starting Ray: a run with nothing to read must not pay for Ray or a model.
         first = next(chunks, None)
         if first is None:
             result = RunResult(run_id, counts, 0, 0, time.time() - started, 0,
@@ -457,8 +463,8 @@ def run(cfg: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
             journal.write(result.outcome, counts, result)
             return result
         try:
-            result = _execute(cfg, table, plan, reader, first, chunks, run_id, counts, reporter,
-                              journal, started)
+            result = _execute(cfg, table, plan, engine, reader, first, chunks, run_id, counts,
+                              reporter, journal, started)
         except BaseException as exc:
             journal.write(f"failed: {type(exc).__name__}: {exc}", counts)
             raise
@@ -466,19 +472,15 @@ def run(cfg: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
         return result
 
 
-def _execute(cfg: RunConfig, table: CaptionsTable, plan: Plan, reader: Reader,
+def _execute(cfg: RunConfig, table: CaptionsTable, plan: Plan, engine: Engine, reader: Reader,
              first: tuple[str, pa.Table, list[dict[str, Any]]], chunks: Iterator[Any],
              run_id: str, counts: Counts, reporter: Reporter, journal: Journal,
              started: float) -> RunResult:
     import ray
     import ray.data
 
-    from enrich.engines import make_engine
     from enrich.prepare import prepare_batch
 
-    engine = make_engine(cfg, starts_dir=journal.engine_dir)
-    _init_ray(cfg)
-    engine.check_cluster()
     _configure_data_context()
 
     retry_n = plan.failed_to_retry

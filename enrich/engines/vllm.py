@@ -1,0 +1,256 @@
+"""The ``vllm`` engine: Qwen2.5-VL on vLLM through Ray Data LLM (``ray.data.llm``), on GPU workers.
+
+Pure parts (no Ray, no vllm): :func:`processor_config_kwargs`, :func:`build_messages`,
+:class:`Preprocess`, :class:`Postprocess`, :func:`normalize_row`. The Ray adapter,
+:class:`VLLMEngine`, builds the processor once per run with ``build_processor`` and applies it
+to the run's one dataset, so each replica loads the model once.
+
+Rows that must not reach the model (rejected images) ride through the processor untouched:
+Ray Data LLM lets any row whose ``__inference_error__`` is non-empty bypass every stage and
+the postprocess; we mark them with :data:`BYPASS`. Every other row must carry an explicit ``""``
+there: a block that mixes rows gets ``None`` filled in, which the stages would also read as
+an error.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from typing import TYPE_CHECKING, Any
+
+from enrich.errors import NoAcceleratorError, UsageError
+
+if TYPE_CHECKING:
+    import ray.data
+
+    from enrich.config import RunConfig
+
+BYPASS = "enrich:bypass"
+ERROR_KEY = "__inference_error__"
+# Qwen2.5-VL: 14 px patches merged 2x2, so image sides are rounded to multiples of 28.
+QWEN_FACTOR = 28
+# Encoding of the prepared image inside the chat message: JPEG at quality 95 is ~6x smaller
+# than PNG for photos and visually lossless at 225 px; vLLM decodes it in PrepareMultimodal.
+JPEG_QUALITY = 95
+# vLLM engine defaults we choose, each overridable with --engine-kwargs:
+# - max_num_seqs 128: a 3B model in bf16 leaves ~14 GB of an L4's 24 GB for KV cache; a
+#   caption needs ~40 text + 66 image + ~100 generated tokens, so 128 sequences use ~27k tokens
+#   of KV (~1 GB at 36 KB/token), and decode at batch 128 is still memory-bandwidth bound.
+# - enable_prefix_caching: every prompt starts with the same system prompt and template.
+# - gpu_memory_utilization 0.90: room for the CUDA graphs and the vision encoder activations.
+ENGINE_DEFAULTS: dict[str, Any] = {
+    "max_num_seqs": 128,
+    "enable_prefix_caching": True,
+    "gpu_memory_utilization": 0.90,
+    "dtype": "bfloat16",
+}
+
+
+def image_tokens(size: int) -> int:
+    """Image tokens Qwen2.5-VL spends on a size x size image (plus 2 marker tokens)."""
+    side = max(QWEN_FACTOR, round(size / QWEN_FACTOR) * QWEN_FACTOR)
+    return (side // QWEN_FACTOR) ** 2
+
+
+def processor_config_kwargs(cfg: RunConfig) -> dict[str, Any]:
+    """The exact keyword arguments for ``vLLMEngineProcessorConfig`` (JSON-able, for --plan)."""
+    side = max(QWEN_FACTOR, round(cfg.image_size / QWEN_FACTOR) * QWEN_FACTOR)
+    # Tell vLLM the largest image it will see: one image per prompt, at most side x side pixels.
+    # Without this it profiles and reserves memory for a ~16k-token worst-case image.
+    mm_processor_kwargs = {"min_pixels": QWEN_FACTOR * QWEN_FACTOR, "max_pixels": side * side}
+    engine_kwargs: dict[str, Any] = {
+        **ENGINE_DEFAULTS,
+        "max_model_len": cfg.max_model_len,
+        "revision": cfg.model_revision,
+        "limit_mm_per_prompt": {"image": 1},
+        "mm_processor_kwargs": mm_processor_kwargs,
+    }
+    engine_kwargs.update(dict(cfg.engine_kwargs))
+    return {
+        "model_source": cfg.model,
+        "engine_kwargs": engine_kwargs,
+        "batch_size": cfg.batch_size,
+        # (n, n): a fixed pool of n replicas. A bare n lets Ray autoscale from 1 to n, and each
+        # replica that scales in and out again reloads the model.
+        "concurrency": [cfg.concurrency, cfg.concurrency],
+        "accelerator_type": cfg.accelerator_type,
+        # Rows whose generation raises become `failed` rows instead of ending the run.
+        "should_continue_on_error": True,
+        # Several batches in flight per replica, so the GPU never waits on the next batch.
+        "max_concurrent_batches": 4,
+        "prepare_multimodal_stage": {
+            "enabled": True,
+            "model_config_kwargs": {
+                "revision": cfg.model_revision,
+                "limit_mm_per_prompt": {"image": 1},
+                "mm_processor_kwargs": mm_processor_kwargs,
+            },
+        },
+        "chat_template_stage": {"enabled": True},
+        "tokenize_stage": {"enabled": True},
+        "detokenize_stage": {"enabled": True},
+    }
+
+
+def sampling_params(cfg: RunConfig) -> dict[str, Any]:
+    return {"temperature": cfg.temperature, "max_tokens": cfg.max_tokens}
+
+
+def image_data_url(pixels: bytes, size: int) -> str:
+    from PIL import Image
+
+    img = Image.frombytes("RGB", (size, size), pixels)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=JPEG_QUALITY)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def build_messages(pixels: bytes, *, size: int, system_prompt: str, prompt: str) -> list[dict[str, Any]]:
+    """OpenAI-style chat messages as vLLM's chat parser reads them: an ``image_url`` part holding
+    a data URL, then the text part. Every message uses a list of parts, so the Arrow blocks
+    between stages see one content type."""
+    return [
+        {"role": "system", "content": [{"type": "text", "text": system_prompt}]},
+        {"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": image_data_url(pixels, size)}},
+            {"type": "text", "text": prompt},
+        ]},
+    ]
+
+
+class Preprocess:
+    """Row → what the processor's stages need. Non-pending rows are marked to bypass them."""
+
+    def __init__(self, *, size: int, system_prompt: str, prompt: str, params: dict[str, Any]) -> None:
+        self.size, self.system_prompt, self.prompt, self.params = size, system_prompt, prompt, params
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        if row["status"] != "pending":
+            return {"pixels": None, ERROR_KEY: BYPASS}
+        messages = build_messages(row["pixels"], size=self.size, system_prompt=self.system_prompt,
+                                  prompt=self.prompt)
+        # pixels are dropped here: the data URL carries the image through the stages.
+        return {"pixels": None, "messages": messages, "sampling_params": dict(self.params),
+                ERROR_KEY: ""}
+
+
+class Postprocess:
+    """A generated row → the engine output columns (only rows that reached the model)."""
+
+    def __init__(self, *, max_tokens: int) -> None:
+        self.max_tokens = max_tokens
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        text = (row.get("generated_text") or "").strip()
+        tokens = row.get("num_generated_tokens")
+        tokens = int(tokens) if tokens is not None else None
+        ok = bool(text)
+        return {
+            "source_index": row["source_index"],
+            "status": "captioned" if ok else "failed",
+            "error": None if ok else "engine returned an empty caption",
+            "caption": text if ok else None,
+            "num_generated_tokens": tokens,
+            # vLLM reports no finish reason: a caption that used every allowed token was cut off.
+            "caption_truncated": tokens is not None and tokens >= self.max_tokens,
+            "image_width": row.get("image_width"),
+            "image_height": row.get("image_height"),
+        }
+
+
+def normalize_row(row: dict[str, Any]) -> dict[str, Any]:
+    """After the processor: bypassed and errored rows arrive with the full internal column set
+    (they skip postprocess); map every row to the engine output columns."""
+    marker = row.get(ERROR_KEY) or ""
+    if marker == BYPASS:
+        status, error = row["status"], row.get("error")
+    elif marker:
+        status, error = "failed", f"engine error: {marker}"[:2000]
+    else:
+        status, error = row["status"], row.get("error")
+    captioned = status == "captioned"
+    return {
+        "source_index": int(row["source_index"]),
+        "status": status,
+        "error": error,
+        "caption": row.get("caption") if captioned else None,
+        "num_generated_tokens": row.get("num_generated_tokens") if captioned else None,
+        "caption_truncated": row.get("caption_truncated") if captioned else None,
+        "image_width": row.get("image_width"),
+        "image_height": row.get("image_height"),
+    }
+
+
+class VLLMEngine:
+    name = "vllm"
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+
+    def describe(self) -> dict[str, Any]:
+        tp = int(self.cfg.engine_kwargs.get("tensor_parallel_size", 1))
+        pp = int(self.cfg.engine_kwargs.get("pipeline_parallel_size", 1))
+        return {
+            "engine": "vllm",
+            "processor_config": processor_config_kwargs(self.cfg),
+            "sampling_params": sampling_params(self.cfg),
+            "gpus_per_replica": tp * pp,
+            "image_tokens_per_image": image_tokens(self.cfg.image_size),
+        }
+
+    def processor_config(self) -> Any:
+        try:
+            from ray.data.llm import vLLMEngineProcessorConfig
+        except ImportError as exc:
+            raise UsageError(f"--engine vllm needs Ray Data LLM: pip install 'enrich[gpu]' ({exc})") from None
+        return vLLMEngineProcessorConfig(**processor_config_kwargs(self.cfg))
+
+    def check_cluster(self) -> None:
+        """Ray waits forever for a GPU that no node has (FACTS.md): look before we ask."""
+        import ray
+
+        acc = self.cfg.accelerator_type
+        need = self.describe()["gpus_per_replica"]
+        deadline = time.monotonic() + self.cfg.gpu_wait_s
+        while True:
+            nodes = [n for n in ray.nodes() if n.get("Alive")]
+            gpus = sum(n["Resources"].get("GPU", 0) for n in nodes
+                       if not acc or n["Resources"].get(f"accelerator_type:{acc}", 0) > 0)
+            if gpus >= need:
+                return
+            if time.monotonic() >= deadline:
+                seen = sorted({k.split(":", 1)[1] for n in nodes for k in n["Resources"]
+                               if k.startswith("accelerator_type:")})
+                raise NoAcceleratorError(
+                    f"--engine vllm needs {need} GPU(s) of type {acc} per replica, but the Ray "
+                    f"cluster has {gpus:g} (accelerator types present: {', '.join(seen) or 'none'}); "
+                    "use --accelerator-type, --gpu-wait for autoscaling clusters, or "
+                    "--engine dry-run")
+            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+
+    def apply(self, ds: ray.data.Dataset) -> ray.data.Dataset:
+        from ray.data.llm import build_processor
+
+        cfg = self.cfg
+        processor = build_processor(
+            self.processor_config(),
+            preprocess=Preprocess(size=cfg.image_size, system_prompt=cfg.system_prompt,
+                                  prompt=cfg.prompt, params=sampling_params(cfg)),
+            postprocess=Postprocess(max_tokens=cfg.max_tokens),
+        )
+        return processor(ds).map(normalize_row)
+
+
+def expected_captions_per_second(*, size: int, output_tokens: int = 100) -> dict[str, float]:
+    """Back-of-envelope L4 throughput for Qwen2.5-VL-3B (see PERFORMANCE.md for the reasoning)."""
+    params = 3.75e9  # 3B LM + 0.67B vision tower, bf16
+    hbm_bw = 300e9  # L4: 300 GB/s
+    flops = 121e12 * 0.5  # L4 dense bf16 tensor peak, at a realistic 50 % utilisation
+    batch = ENGINE_DEFAULTS["max_num_seqs"]
+    step_s = (params * 2) / hbm_bw  # one decode step streams the weights once
+    decode = batch / step_s / output_tokens
+    prefill_tokens = image_tokens(size) + 40
+    compute_bound = flops / (2 * params * (prefill_tokens + output_tokens))
+    return {"decode_bound": decode, "compute_bound": compute_bound,
+            "expected": min(decode, compute_bound)}
