@@ -273,8 +273,12 @@ def _make_feeder_class() -> Any:
 class FetchChunks:
     """Ray stage: turn chunk ids into the rows the driver read for them."""
 
-    def __init__(self, feeder: Any) -> None:
-        self.feeder = feeder
+    def __init__(self, feeder_name: str) -> None:
+        import ray
+
+        # Looked up by name: an actor handle in the constructor arguments would live in the
+        # object store, and Ray warns that a restart could then fail.
+        self.feeder = ray.get_actor(feeder_name)
 
     def __call__(self, batch: dict[str, Any]) -> Iterator[pa.Table]:
         import ray
@@ -296,7 +300,9 @@ def _init_ray(cfg: RunConfig) -> None:
 
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    # Quiet Ray's start-up notice about its default token auth: on a local Ray that this process
+    # starts it is expected, and every run would print it.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.WARNING,
                                   log_to_driver=False, configure_logging=True)
     if cfg.ray_address:
@@ -308,6 +314,10 @@ def _init_ray(cfg: RunConfig) -> None:
 def _configure_data_context() -> None:
     import ray.data
 
+    # Ray Data logs every dataset start and finish at INFO and warns that we turned its progress
+    # bars off (they would garble our progress line). Set after import: its config resets levels.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # contiguous commits need source order
     ctx.enable_progress_bars = False  # our own progress line; Ray's bars garble it
@@ -487,7 +497,8 @@ def _execute(cfg: RunConfig, table: CaptionsTable, plan: Plan, engine: Engine, r
     n_chunks = math.ceil(retry_n / CHUNK_ROWS) + math.ceil(
         max(0, cfg.until - plan.progress.next_index) / CHUNK_ROWS) + 1
     per_block = max(1, math.ceil(n_chunks / MAX_RANGE_BLOCKS))
-    feeder = _make_feeder_class().remote(FEEDER_BUFFER)
+    feeder_name = f"enrich-feeder-{run_id}"
+    feeder = _make_feeder_class().options(name=feeder_name).remote(FEEDER_BUFFER)
     committer = _Committer(cfg, table, plan, reader, run_id, counts)
     retry_indices = set(reader.retry_rows.column("source_index").to_pylist())
     held_lock = threading.Lock()
@@ -511,8 +522,9 @@ def _execute(cfg: RunConfig, table: CaptionsTable, plan: Plan, engine: Engine, r
             ray.get(feeder.finish.remote(j, f"source read failed: {type(exc).__name__}: {exc}"))
 
     ds = ray.data.range(n_chunks, override_num_blocks=math.ceil(n_chunks / per_block))
-    ds = ds.map_batches(FetchChunks, fn_constructor_kwargs={"feeder": feeder}, batch_size=None,
-                        batch_format="numpy", num_cpus=0.1, concurrency=2)
+    ds = ds.map_batches(FetchChunks, fn_constructor_kwargs={"feeder_name": feeder_name}, batch_size=None,
+                        batch_format="numpy", num_cpus=0.1,
+                        compute=ray.data.ActorPoolStrategy(size=2))
     ds = ds.map_batches(prepare_batch, fn_kwargs={"size": cfg.image_size}, batch_size=None,
                         batch_format="pyarrow", num_cpus=1)
     ds = engine.apply(ds)
@@ -524,7 +536,7 @@ def _execute(cfg: RunConfig, table: CaptionsTable, plan: Plan, engine: Engine, r
             _drain(pending_dups, held_lock, committer)
             committer.accept(batch, retry_indices)
             committer.maybe_commit()
-            reporter.update(counts, committer.committed + plan.progress.next_index)
+            reporter.update(counts, plan.progress.next_index + counts.total)
         thread.join()
         if reader_error:
             raise reader_error[0]

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-SAMPLE_VERSION = 1
+SAMPLE_VERSION = 2
 _WORDS = ("a red kite over a beach", "two cups on a wooden table", "a city street at dusk",
           "a dog running on grass", "mountains under a cloudy sky", "a bowl of fruit",
           "a bicycle leaning on a wall", "a sailboat on calm water")

@@ -115,6 +115,8 @@ class DryRunEngine:
         return None  # runs anywhere
 
     def apply(self, ds: ray.data.Dataset) -> ray.data.Dataset:
+        import ray.data
+
         return ds.map_batches(
             DryRunCaptioner,
             fn_constructor_kwargs=dict(
@@ -127,9 +129,8 @@ class DryRunEngine:
             ),
             batch_size=self.cfg.batch_size,
             batch_format="pyarrow",
-            concurrency=self.cfg.concurrency,
+            # A fixed pool. Ray Data restarts a replica that dies and retries its batch
+            # (its actor pools default to max_restarts=-1, max_task_retries=-1).
+            compute=ray.data.ActorPoolStrategy(size=self.cfg.concurrency),
             num_cpus=REPLICA_CPUS,
-            # A replica that dies is restarted by Ray and its batch retried (fault drill 2).
-            max_restarts=-1,
-            max_task_retries=-1,
         )
