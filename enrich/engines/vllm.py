@@ -240,17 +240,3 @@ class VLLMEngine:
             postprocess=Postprocess(max_tokens=cfg.max_tokens),
         )
         return processor(ds).map(normalize_row)
-
-
-def expected_captions_per_second(*, size: int, output_tokens: int = 100) -> dict[str, float]:
-    """Back-of-envelope L4 throughput for Qwen2.5-VL-3B (see PERFORMANCE.md for the reasoning)."""
-    params = 3.75e9  # 3B LM + 0.67B vision tower, bf16
-    hbm_bw = 300e9  # L4: 300 GB/s
-    flops = 121e12 * 0.5  # L4 dense bf16 tensor peak, at a realistic 50 % utilisation
-    batch = ENGINE_DEFAULTS["max_num_seqs"]
-    step_s = (params * 2) / hbm_bw  # one decode step streams the weights once
-    decode = batch / step_s / output_tokens
-    prefill_tokens = image_tokens(size) + 40
-    compute_bound = flops / (2 * params * (prefill_tokens + output_tokens))
-    return {"decode_bound": decode, "compute_bound": compute_bound,
-            "expected": min(decode, compute_bound)}
