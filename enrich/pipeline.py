@@ -395,15 +395,17 @@ class _Committer:
 
     def maybe_commit(self, *, final: bool = False) -> None:
         """Commit full slices of ``commit_every`` rows; the rest when ``commit_seconds`` have
-        passed or at the end (``final``)."""
+        passed or at the end (``final``). Until the end, the newest row stays buffered so the
+        final commit always has a row to carry "source exhausted" in its metadata."""
         if final:
             self._release_held(None)
             self._flush_retry()
-        while len(self.buffer) >= self.cfg.commit_every:
-            self._commit(self.cfg.commit_every, final=False)
+        keep = 0 if final else 1
+        while len(self.buffer) - keep >= self.cfg.commit_every:
+            self._commit(self.cfg.commit_every, final=final)
         late = time.monotonic() - self.last_commit >= self.cfg.commit_seconds
-        if self.buffer and (final or late):
-            self._commit(len(self.buffer), final=final)
+        if len(self.buffer) > keep and (final or late):
+            self._commit(len(self.buffer) - keep, final=final)
 
     def _commit(self, n: int, *, final: bool) -> None:
         self._flush_retry()  # retried rows sit before the main stream: they land first

@@ -1,0 +1,343 @@
+"""Operating the table: ``status``, ``sql``, ``compact`` and ``gallery``.
+
+Each reads the table through ``CaptionsTable`` (to_pyarrow_dataset, never to_pyarrow_table: see
+FACTS.md) and the run journals; none of them changes a row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import json
+import os
+import random
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from enrich.cli import _nonneg_float, _Parser, _pos_int
+from enrich.errors import TableError, UsageError
+from enrich.journal import read_journals
+from enrich.pipeline import storage_options_from_env
+from enrich.sink import META_PREFIX, CaptionsTable
+
+FORMATS = ("table", "csv", "json")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--table", default=os.environ.get("ENRICH_TABLE", "./captions"),
+                   help="Delta table path or URI (default ./captions)")
+    p.add_argument("--checkpoint-dir", default=os.environ.get("ENRICH_CHECKPOINT_DIR", "./checkpoints"),
+                   help="where the run journals are (default ./checkpoints)")
+
+
+def _open(uri: str) -> CaptionsTable:
+    table = CaptionsTable(uri, storage_options=storage_options_from_env())
+    if not table.exists:
+        raise TableError(f"--table {uri!r}: no captions table there yet (run enrich first)")
+    return table
+
+
+def _duckdb(table: CaptionsTable) -> Any:
+    import duckdb
+
+    con = duckdb.connect()
+    # delta_scan would download DuckDB's delta extension at run time (fails offline); a pyarrow
+    # dataset registered as a view reads the same files with the Delta log's file list.
+    con.register("captions", table.dataset())
+    return con
+
+
+def _arrow(relation: Any) -> pa.Table:
+    """DuckDB 2.x returns a RecordBatchReader from .arrow(); 1.x returned a Table."""
+    out = relation.arrow()
+    return out.read_all() if hasattr(out, "read_all") else out
+
+
+def _render(table: pa.Table, fmt: str, out: Any) -> None:
+    if fmt == "json":
+        for row in table.to_pylist():
+            out.write(json.dumps(row, default=str) + "\n")
+        return
+    if fmt == "csv":
+        import pyarrow.csv as pacsv
+
+        buf = io.BytesIO()
+        pacsv.write_csv(table, buf)
+        out.write(buf.getvalue().decode())
+        return
+    cols = table.column_names
+    rows = [["" if v is None else str(v) for v in r.values()] for r in table.to_pylist()]
+    widths = [min(60, max([len(c)] + [len(r[i]) for r in rows])) for i, c in enumerate(cols)]
+    def line(vals: list[str]) -> str:
+        return "  ".join(v[:w].ljust(w) for v, w in zip(vals, widths)).rstrip()
+    out.write(line(cols) + "\n" + line(["-" * w for w in widths]) + "\n")
+    for r in rows:
+        out.write(line(r) + "\n")
+    out.write(f"({len(rows)} row{'s' if len(rows) != 1 else ''})\n")
+
+
+# -- status ------------------------------------------------------------------------------------
+def status(argv: Sequence[str]) -> int:
+    p = _Parser(prog="enrich status", description="Where the table stands: rows by caption "
+                "config and status, resume positions, recent runs, table version and file count.")
+    _common(p)
+    p.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    args = p.parse_args(argv)
+    table = _open(args.table)
+    con = _duckdb(table)
+    by = con.sql("SELECT source, caption_config, any_value(model) AS model, status, count(*) AS rows "
+                 "FROM captions GROUP BY ALL ORDER BY source, caption_config, status")
+    by = _arrow(by)
+    dt = table._delta()
+    positions: dict[str, dict[str, Any]] = {}
+    for entry in dt.history(200):
+        app = entry.get(META_PREFIX + "app_id")
+        if app and app not in positions:
+            positions[app] = {"source": entry.get(META_PREFIX + "source"),
+                              "caption_config": entry.get(META_PREFIX + "caption_config"),
+                              "next_index": dt.transaction_version(app),
+                              "shard": entry.get(META_PREFIX + "next_shard"),
+                              "offset": entry.get(META_PREFIX + "next_offset"),
+                              "exhausted": entry.get(META_PREFIX + "exhausted") == "true"}
+    runs = []
+    for j in read_journals(args.checkpoint_dir, args.table)[-10:]:
+        runs.append({"run_id": j["run_id"], "start": _ts(j.get("started_at")),
+                     "end": _ts(j.get("ended_at")), "rows": j.get("rows"),
+                     "rows_per_s": round(j.get("rows_per_s") or 0, 1), "outcome": j.get("outcome")})
+    info = {"table": args.table, "version": dt.version(), "files": len(dt.file_uris()),
+            "rows": by.to_pylist(), "resume_positions": list(positions.values()), "recent_runs": runs}
+    if args.format == "json":
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    out = sys.stdout
+    out.write(f"table {args.table}: version {info['version']}, {info['files']} data files\n\n")
+    _render(by, "table", out)
+    out.write("\nresume positions\n")
+    _render(pa.Table.from_pylist(info["resume_positions"]) if positions else
+            pa.table({"none": pa.array([], pa.string())}), "table", out)
+    out.write("\nrecent runs\n")
+    _render(pa.Table.from_pylist(runs) if runs else pa.table({"none": pa.array([], pa.string())}),
+            "table", out)
+    return 0
+
+
+def _ts(t: float | None) -> str | None:
+    return None if not t else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
+
+
+# -- sql ---------------------------------------------------------------------------------------
+def sql(argv: Sequence[str]) -> int:
+    p = _Parser(prog="enrich sql", description="Run DuckDB SQL over the table, visible as "
+                "`captions` (offline: no DuckDB extension download).")
+    p.add_argument("query", help='e.g. "SELECT status, count(*) FROM captions GROUP BY 1"')
+    _common(p)
+    p.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
+    args = p.parse_args(argv)
+    con = _duckdb(_open(args.table))
+    import duckdb
+
+    try:
+        result = con.sql(args.query)
+    except duckdb.Error as exc:
+        raise UsageError(f"sql: {str(exc).splitlines()[0]}") from None
+    if result is None:
+        return 0
+    _render(_arrow(result), args.format, sys.stdout)
+    return 0
+
+
+# -- compact -----------------------------------------------------------------------------------
+def compact(argv: Sequence[str]) -> int:
+    p = _Parser(prog="enrich compact", description="Compact small files and vacuum old ones, "
+                "keeping Delta's retention safeguard. Takes the table's run lock, so it never "
+                "races a running enricher.")
+    _common(p)
+    p.add_argument("--retention-hours", type=_pos_int, default=168,
+                   help="keep files removed less than this long ago (default 168 = 7 days; "
+                   "lower values are refused by Delta's safeguard)")
+    p.add_argument("--wait", type=_nonneg_float, default=0.0, metavar="S",
+                   help="wait up to S seconds for a running enricher to finish (default: refuse)")
+    args = p.parse_args(argv)
+    table = _open(args.table)
+    deadline = time.monotonic() + args.wait
+    while True:
+        try:
+            with table.lock():
+                dt = table._delta()
+                before = len(dt.file_uris())
+                metrics = dt.optimize.compact()
+                removed = dt.vacuum(retention_hours=args.retention_hours,
+                                    enforce_retention_duration=True, dry_run=False)
+                dt.create_checkpoint()
+                after = len(table._delta().file_uris())
+            break
+        except Exception as exc:  # noqa: BLE001 - lock busy: retry until --wait runs out
+            from enrich.errors import RunLockedError
+
+            if not isinstance(exc, RunLockedError) or time.monotonic() >= deadline:
+                if "retention" in str(exc).lower():
+                    raise UsageError(f"compact: {exc}") from None
+                raise
+            time.sleep(1.0)
+    print(f"enrich compact: {before} -> {after} data files "
+          f"({metrics.get('numFilesRemoved', 0)} compacted into {metrics.get('numFilesAdded', 0)}); "
+          f"vacuumed {len(removed)} files older than {args.retention_hours} h")
+    return 0
+
+
+# -- gallery -----------------------------------------------------------------------------------
+def gallery(argv: Sequence[str]) -> int:
+    p = _Parser(prog="enrich gallery", description="Write one self-contained HTML page of sampled "
+                "rows (thumbnail, caption, status, error, model, tokens) and a chart of recent "
+                "runs' throughput, for a spot-check after a nightly run.")
+    _common(p)
+    p.add_argument("--out", default="gallery.html", help="output file (default gallery.html)")
+    p.add_argument("--sample", type=_pos_int, default=24, metavar="K", help="rows to show (default 24)")
+    p.add_argument("--status", action="append", choices=("captioned", "duplicate", "rejected", "failed"),
+                   help="only rows with this status (repeatable; default all)")
+    p.add_argument("--max-shards", type=_pos_int, default=2,
+                   help="read thumbnails from at most this many shards (a hub shard is ~2,600 "
+                   "images; default 2)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    args = p.parse_args(argv)
+    table = _open(args.table)
+    rows = _sample_rows(table, args.sample, args.status, args.max_shards, args.seed)
+    thumbs = _thumbnails(rows)
+    runs = read_journals(args.checkpoint_dir, args.table)
+    page = render_gallery(rows, thumbs, runs, title=f"enrich gallery: {args.table}")
+    tmp = args.out + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(page)
+    os.replace(tmp, args.out)
+    print(f"enrich gallery: {len(rows)} rows ({sum(1 for t in thumbs.values() if t)} thumbnails) "
+          f"-> {args.out}")
+    return 0
+
+
+def _sample_rows(table: CaptionsTable, k: int, statuses: list[str] | None, max_shards: int,
+                 seed: int) -> list[dict[str, Any]]:
+    """Pick few shards first, then rows inside them: re-reading a hub shard costs ~100 MB."""
+    import pyarrow.compute as pc
+
+    flt = pc.field("status").isin(statuses) if statuses else None
+    keys = table.read(["source", "source_shard"], flt)
+    pairs = sorted({(r["source"], r["source_shard"]) for r in keys.to_pylist()})
+    rng = random.Random(seed)
+    chosen = rng.sample(pairs, min(max_shards, len(pairs)))
+    out: list[dict[str, Any]] = []
+    for source, shard in chosen:
+        f = (pc.field("source") == source) & (pc.field("source_shard") == shard)
+        if flt is not None:
+            f = f & flt
+        out.extend(table.read(None, f).to_pylist())
+    rng.shuffle(out)
+    return sorted(out[:k], key=lambda r: (r["source"], r["source_index"]))
+
+
+def _thumbnails(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int], str | None]:
+    from PIL import Image
+
+    from enrich.source import iter_shard, list_shards
+
+    thumbs: dict[tuple[str, str, int], str | None] = {}
+    wanted: dict[tuple[str, str], set[int]] = {}
+    for r in rows:
+        wanted.setdefault((r["source"], r["source_shard"]), set()).add(r["source_offset"])
+    for (source, shard_name), offsets in wanted.items():
+        try:
+            shards = {s.name: s for s in list_shards(source)}
+        except UsageError:
+            continue
+        shard = shards.get(shard_name)
+        if shard is None:
+            continue
+        for sample in iter_shard(shard, start=min(offsets)):
+            if sample.offset in offsets:
+                uri = None
+                try:
+                    img = Image.open(io.BytesIO(sample.image or b""))
+                    img.draft("RGB", (256, 256))
+                    img = img.convert("RGB")
+                    img.thumbnail((192, 192))
+                    buf = io.BytesIO()
+                    img.save(buf, "JPEG", quality=80)
+                    uri = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+                except Exception:  # noqa: BLE001 - a rejected image has no thumbnail
+                    uri = None
+                thumbs[(source, shard_name, sample.offset)] = uri
+                offsets.discard(sample.offset)
+            if not offsets:
+                break
+    return thumbs
+
+
+def _chart(runs: list[dict[str, Any]]) -> str:
+    runs = [r for r in runs if r.get("rows")][-20:]
+    if not runs:
+        return "<p class=muted>No finished runs in the journal yet.</p>"
+    w, h, pad = 640, 160, 30
+    top = max(r.get("rows_per_s") or 0 for r in runs) or 1
+    step = (w - 2 * pad) / max(1, len(runs))
+    bars = []
+    for i, r in enumerate(runs):
+        v = r.get("rows_per_s") or 0
+        bh = (h - 2 * pad) * v / top
+        x = pad + i * step
+        bars.append(f'<rect x="{x:.1f}" y="{h - pad - bh:.1f}" width="{step * 0.7:.1f}" '
+                    f'height="{bh:.1f}" fill="#4a7"><title>{html.escape(r["run_id"])}: '
+                    f'{v:.1f} rows/s, {r.get("rows")} rows, {html.escape(str(r.get("outcome")))}'
+                    f'</title></rect>')
+    return (f'<svg id="throughput" width="{w}" height="{h}" role="img" aria-label="rows per '
+            f'second of recent runs"><text x="{pad}" y="18" font-size="12">rows/s of the last '
+            f'{len(runs)} runs (max {top:.1f})</text>'
+            f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="#999"/>'
+            + "".join(bars) + "</svg>")
+
+
+def render_gallery(rows: list[dict[str, Any]], thumbs: dict[tuple[str, str, int], str | None],
+                   runs: list[dict[str, Any]], *, title: str) -> str:
+    cards = []
+    for r in rows:
+        uri = thumbs.get((r["source"], r["source_shard"], r["source_offset"]))
+        img = (f'<img src="{uri}" alt="{html.escape(r["source_key"])}">' if uri
+               else '<div class="noimg">no image</div>')
+        tokens = r.get("num_generated_tokens")
+        cut = " (cut off)" if r.get("caption_truncated") else ""
+        cards.append(
+            f'<figure class="card {html.escape(r["status"])}">{img}<figcaption>'
+            f'<b class="status">{html.escape(r["status"])}</b> #{r["source_index"]} '
+            f'<span class=muted>{html.escape(r["source_shard"])}/{html.escape(r["source_key"])}</span>'
+            f'<p class="caption">{html.escape(r.get("caption") or "")}</p>'
+            + (f'<p class="error">{html.escape(r["error"])}</p>' if r.get("error") else "")
+            + f'<p class=muted>{html.escape(r["model"])} · {tokens if tokens is not None else "-"} '
+            f'tokens{cut}</p></figcaption></figure>')
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body{{font-family:system-ui,sans-serif;margin:1.5rem;color:#222}}
+.grid{{display:grid;grid-template-columns:repeat(auto-fill,minmax(220px,1fr));gap:1rem}}
+.card{{margin:0;border:1px solid #ddd;border-radius:6px;padding:.5rem;background:#fafafa}}
+.card img{{display:block;max-width:100%;height:auto;margin:auto}}
+.noimg{{height:120px;display:flex;align-items:center;justify-content:center;background:#eee;color:#888}}
+.status{{text-transform:uppercase;font-size:.75rem}} .rejected .status,.failed .status{{color:#b33}}
+.caption{{margin:.3rem 0}} .error{{color:#b33;font-size:.85rem}} .muted{{color:#777;font-size:.8rem}}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+{_chart(runs)}
+<h2>{len(rows)} sampled rows</h2>
+<div class="grid">{''.join(cards)}</div>
+</body></html>
+"""
+
+
+COMMANDS = {"status": status, "sql": sql, "compact": compact, "gallery": gallery}
+
+
+def main(command: str, argv: Sequence[str]) -> int:
+    return COMMANDS[command](argv)

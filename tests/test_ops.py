@@ -1,0 +1,131 @@
+"""status, sql, compact and gallery on a table made by a real run; the config file."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from enrich.cli import main
+from enrich.config import RunConfig, resolve
+from enrich.errors import UsageError
+from enrich.pipeline import run
+from enrich.progress import Reporter
+from tests.helpers import read_table
+
+pytestmark = pytest.mark.usefixtures("ray_address")
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory, shards: Path) -> dict[str, str]:
+    """A table from two real runs (two commits per run at least), with its journals."""
+    root = tmp_path_factory.mktemp("ops")
+    table, ck = str(root / "captions"), str(root / "ck")
+    for until in (60, 1000):  # the source has 120 rows: the second run exhausts it
+        run(RunConfig(until=until, source=str(shards), table=table, engine="dry-run",
+                      checkpoint_dir=ck, commit_every=20),
+            reporter=Reporter(total=until, quiet=True))
+    return {"table": table, "ck": ck}
+
+
+def test_status_reports_rows_positions_and_runs(made: dict[str, str], capsys) -> None:
+    assert main(["status", "--table", made["table"], "--checkpoint-dir", made["ck"],
+                 "--format", "json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert sum(r["rows"] for r in info["rows"]) == 120
+    assert {r["status"] for r in info["rows"]} >= {"captioned", "duplicate", "rejected"}
+    (pos,) = info["resume_positions"]
+    assert pos["next_index"] == 120 and pos["exhausted"] is True
+    assert [r["outcome"] for r in info["recent_runs"]] == ["completed", "completed"]
+    assert info["files"] >= 6 and info["version"] >= 5
+    assert main(["status", "--table", made["table"], "--checkpoint-dir", made["ck"]]) == 0
+    assert "resume positions" in capsys.readouterr().out
+
+
+def test_sql_formats(made: dict[str, str], capsys) -> None:
+    q = "SELECT status, count(*) AS n FROM captions GROUP BY 1 ORDER BY 1"
+    assert main(["sql", q, "--table", made["table"], "--format", "json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert sum(r["n"] for r in rows) == 120
+    assert main(["sql", q, "--table", made["table"], "--format", "csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == '"status","n"'
+    assert main(["sql", q, "--table", made["table"]]) == 0
+    assert "captioned" in capsys.readouterr().out
+    assert main(["sql", "SELEKT 1", "--table", made["table"]]) == 2
+    assert capsys.readouterr().err.startswith("enrich: error: sql:")
+
+
+def test_compact_merges_files_and_refuses_while_a_run_holds_the_table(
+        made: dict[str, str], tmp_path: Path, capsys) -> None:
+    table = str(tmp_path / "copy")
+    shutil.copytree(made["table"], table)
+    before = read_table(table).sort_by("source_index")
+    from enrich.sink import CaptionsTable
+
+    with CaptionsTable(table).lock():  # a running enricher holds this lock
+        rc = subprocess.run([sys.executable, "-m", "enrich", "compact", "--table", table],
+                            capture_output=True, text=True, env=os.environ)
+        assert rc.returncode == 3 and "in use by another enrich process" in rc.stderr
+    assert main(["compact", "--table", table]) == 0
+    assert "data files" in capsys.readouterr().out
+    from deltalake import DeltaTable
+
+    assert len(DeltaTable(table).file_uris()) == 1
+    assert read_table(table).sort_by("source_index").equals(before)
+
+
+def test_gallery_is_self_contained(made: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "g.html"
+    assert main(["gallery", "--table", made["table"], "--checkpoint-dir", made["ck"], "--out",
+                 str(out), "--sample", "10"]) == 0
+    page = out.read_text()
+    assert page.count('<figure class="card') == 10
+    assert page.count("data:image/jpeg;base64,") >= 7  # rejected rows have no thumbnail
+    assert 'id="throughput"' in page and "http://" not in page and "https://" not in page
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="needs Debian's chromium")
+def test_gallery_renders_in_headless_chromium(made: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "g.html"
+    main(["gallery", "--table", made["table"], "--checkpoint-dir", made["ck"], "--out", str(out),
+          "--sample", "8", "--status", "captioned"])
+    shot = tmp_path / "shot.png"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    # Console errors are logged to stderr with --enable-logging=stderr --v=0.
+    proc = subprocess.run(["chromium", *flags, "--enable-logging=stderr", "--v=0",
+                           f"--screenshot={shot}", "--window-size=1200,900", out.as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    assert shot.exists() and shot.stat().st_size > 10_000, proc.stderr[-2000:]
+    console_errors = [l for l in proc.stderr.splitlines() if "CONSOLE" in l and "ERROR" in l.upper()]
+    assert console_errors == []
+    # thumbnails really decoded: count rendered <img> with a natural width via the DOM dump
+    dom = subprocess.run(["chromium", *flags, "--dump-dom", "--virtual-time-budget=3000",
+                          "--run-all-compositor-stages-before-draw", out.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert dom.count("<img ") == 8
+    from PIL import Image
+
+    img = Image.open(shot).convert("RGB")
+    colours = len(set(img.resize((200, 150)).getdata()))
+    assert colours > 500  # photos on the page, not a blank or error screen
+
+
+def test_config_file_env_and_flags_precedence(tmp_path: Path) -> None:
+    (tmp_path / "enrich.toml").write_text('table = "from-file"\nconcurrency = 3\nbatch_size = 16\n'
+                                          'engine = "dry-run"\n')
+    cfg = resolve({"until": 5, "batch_size": 8}, env={"ENRICH_CONCURRENCY": "5"}, cwd=tmp_path)
+    assert (cfg.table, cfg.concurrency, cfg.batch_size, cfg.engine) == ("from-file", 5, 8, "dry-run")
+    assert cfg.origins["table"].startswith("file ") and cfg.origins["concurrency"] == \
+        "env ENRICH_CONCURRENCY" and cfg.origins["batch_size"] == "flag"
+    (tmp_path / "enrich.toml").write_text('tabel = "typo"\n')
+    with pytest.raises(UsageError, match="unknown setting"):
+        resolve({"until": 5}, env={}, cwd=tmp_path)
+    with pytest.raises(UsageError, match="concurrency"):
+        resolve({"until": 5}, env={"ENRICH_CONCURRENCY": "many"}, cwd=tmp_path / "none")
