@@ -238,11 +238,14 @@ def _make_feeder_class() -> Any:
 
     @ray.remote(num_cpus=0, max_concurrency=64)
     class Feeder:
-        """Holds chunks the driver has read until the fetch stage takes them, in any order."""
+        """Holds the chunks the driver has read until the fetch stage takes them. A taken chunk
+        is kept until the driver has received its rows (``release``): if the node running a
+        fetch dies, Ray retries it and the chunk is handed out again instead of being lost."""
 
         def __init__(self, capacity: int) -> None:
             self.capacity = capacity
             self.chunks: dict[int, Any] = {}
+            self.taken: dict[int, Any] = {}
             self.end: int | None = None
             self.failure: str | None = None
             self.cond = asyncio.Condition()
@@ -258,13 +261,19 @@ def _make_feeder_class() -> Any:
                 self.end, self.failure = end, failure
                 self.cond.notify_all()
 
+        async def release(self, upto: int) -> None:
+            for j in [j for j in self.taken if j <= upto]:
+                del self.taken[j]
+
         async def take(self, j: int) -> list[Any] | str | None:
             async with self.cond:
-                await self.cond.wait_for(lambda: j in self.chunks or self.end is not None)
+                await self.cond.wait_for(
+                    lambda: j in self.chunks or j in self.taken or self.end is not None)
                 if j in self.chunks:
-                    ref = self.chunks.pop(j)
+                    self.taken[j] = self.chunks.pop(j)
                     self.cond.notify_all()
-                    return [ref]
+                if j in self.taken:
+                    return [self.taken[j]]
                 return self.failure  # None: past the end of the stream
 
     return Feeder
@@ -500,12 +509,20 @@ def _execute(cfg: RunConfig, table: CaptionsTable, plan: Plan, engine: Engine, r
         max(0, cfg.until - plan.progress.next_index) / CHUNK_ROWS) + 1
     per_block = max(1, math.ceil(n_chunks / MAX_RANGE_BLOCKS))
     feeder_name = f"enrich-feeder-{run_id}"
-    feeder = _make_feeder_class().options(name=feeder_name).remote(FEEDER_BUFFER)
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    # The feeder lives on the driver's node: losing another node must not lose its chunks.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    feeder = _make_feeder_class().options(name=feeder_name, scheduling_strategy=here).remote(
+        FEEDER_BUFFER)
     committer = _Committer(cfg, table, plan, reader, run_id, counts)
     retry_indices = set(reader.retry_rows.column("source_index").to_pylist())
     held_lock = threading.Lock()
     pending_dups: deque[tuple[str, list[dict[str, Any]]]] = deque()
     reader_error: list[BaseException] = []
+
+    sent: deque[tuple[int, int]] = deque()  # (chunk id, rows sent to Ray) in order
+    received = 0
 
     def feed() -> None:
         j = 0
@@ -515,6 +532,7 @@ def _execute(cfg: RunConfig, table: CaptionsTable, plan: Plan, engine: Engine, r
                 kind, rows, dups = item
                 with held_lock:
                     pending_dups.append((kind, dups))
+                    sent.append((j, rows.num_rows))
                 ray.get(feeder.put.remote(j, [ray.put(rows)]))
                 j += 1
                 item = next(chunks, None)
@@ -524,8 +542,8 @@ def _execute(cfg: RunConfig, table: CaptionsTable, plan: Plan, engine: Engine, r
             ray.get(feeder.finish.remote(j, f"source read failed: {type(exc).__name__}: {exc}"))
 
     ds = ray.data.range(n_chunks, override_num_blocks=math.ceil(n_chunks / per_block))
-    ds = ds.map_batches(FetchChunks, fn_constructor_kwargs={"feeder_name": feeder_name}, batch_size=None,
-                        batch_format="numpy", num_cpus=0.1,
+    ds = ds.map_batches(FetchChunks, fn_constructor_kwargs={"feeder_name": feeder_name},
+                        batch_size=None, batch_format="numpy", num_cpus=0.1,
                         compute=ray.data.ActorPoolStrategy(size=2))
     ds = ds.map_batches(prepare_batch, fn_kwargs={"size": cfg.image_size}, batch_size=None,
                         batch_format="pyarrow", num_cpus=1)
@@ -537,6 +555,14 @@ def _execute(cfg: RunConfig, table: CaptionsTable, plan: Plan, engine: Engine, r
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=2):
             _drain(pending_dups, held_lock, committer)
             committer.accept(batch, retry_indices)
+            received += batch.num_rows
+            done_chunk = None
+            with held_lock:
+                while sent and sent[0][1] <= received:
+                    received -= sent[0][1]
+                    done_chunk = sent.popleft()[0]
+            if done_chunk is not None:
+                feeder.release.remote(done_chunk)
             committer.maybe_commit()
             reporter.update(counts, plan.progress.next_index + counts.total)
         thread.join()
