@@ -103,7 +103,7 @@ class Measured:
 
 
 def measure(cmd: list[str], *, env: dict[str, str] | None = None, cwd: str | None = None,
-            interval: float = 0.2) -> Measured:
+            interval: float = 0.5) -> Measured:
     """Run ``cmd``; sample its whole process tree (driver, Ray's GCS/raylet and workers). Memory
     is PSS summed over the tree (shared pages counted once, unlike RSS); CPU is user+system
     seconds, the last reading of each process."""

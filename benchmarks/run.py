@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import make_photo_set, measure  # noqa: E402
+from _common import make_photo_set, measure
 
-from enrich.prepare import prepare_image  # noqa: E402
-from enrich.skip import SkipIndex  # noqa: E402
-from enrich.source import iter_shard, list_shards  # noqa: E402
+from enrich.prepare import prepare_image
+from enrich.skip import SkipIndex
+from enrich.source import iter_shard, list_shards
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parents[1]

@@ -172,4 +172,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-__all__ = ["main", "build_run_parser", "UsageError"]
+__all__ = ["UsageError", "build_run_parser", "main"]

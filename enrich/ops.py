@@ -75,7 +75,7 @@ def _render(table: pa.Table, fmt: str, out: Any) -> None:
     rows = [["" if v is None else str(v) for v in r.values()] for r in table.to_pylist()]
     widths = [min(60, max([len(c)] + [len(r[i]) for r in rows])) for i, c in enumerate(cols)]
     def line(vals: list[str]) -> str:
-        return "  ".join(v[:w].ljust(w) for v, w in zip(vals, widths)).rstrip()
+        return "  ".join(v[:w].ljust(w) for v, w in zip(vals, widths, strict=False)).rstrip()
     out.write(line(cols) + "\n" + line(["-" * w for w in widths]) + "\n")
     for r in rows:
         out.write(line(r) + "\n")
@@ -177,7 +177,7 @@ def compact(argv: Sequence[str]) -> int:
                 dt.create_checkpoint()
                 after = len(table._delta().file_uris())
             break
-        except Exception as exc:  # noqa: BLE001 - lock busy: retry until --wait runs out
+        except Exception as exc:
             from enrich.errors import RunLockedError
 
             if not isinstance(exc, RunLockedError) or time.monotonic() >= deadline:

@@ -35,12 +35,12 @@ from enrich.journal import Journal
 from enrich.progress import Counts, Reporter
 from enrich.sink import CaptionsTable, Progress
 from enrich.skip import SkipIndex
-from enrich.source import Sample, Shard, iter_shard, list_shards
+from enrich.source import Sample, Shard, iter_shard, list_shards, prefetched
 
 log = logging.getLogger(__name__)
 
-CHUNK_ROWS = 256  # source rows per feeder chunk: one prepare task's worth (~1-2 s of CPU)
-FEEDER_BUFFER = 8  # chunks the driver may read ahead of the pipeline (backpressure)
+CHUNK_ROWS = 128  # source rows per feeder chunk: one prepare task's worth (~0.7 s of CPU)
+MIN_CHUNKS_IN_FLIGHT = 8  # ~1k rows read ahead of the committer on a small machine
 MAX_RANGE_BLOCKS = 10_000
 
 FETCH_SCHEMA = pa.schema([
@@ -178,7 +178,7 @@ class Reader:
                 first, offset = names.index(self.start.next_shard), self.start.next_offset
             else:  # the shard we stopped in vanished: continue with the next name after it
                 first = sum(1 for n in names if n < self.start.next_shard)
-        for shard in self.shards[first:]:
+        for shard in prefetched(self.shards[first:]):
             for sample in iter_shard(shard, start=offset):
                 yield index, sample
                 self.last = (sample.shard, sample.offset)
@@ -206,7 +206,7 @@ class Reader:
         send_idx, send_img, send_status, send_err = [], [], [], []
         dups: list[dict[str, Any]] = []
         in_chunk: set[str] = set()  # the bulk lookup above cannot see this chunk's own repeats
-        for (index, sample), h, seen in zip(batch, hashes, known):
+        for (index, sample), h, seen in zip(batch, hashes, known, strict=False):
             self.meta[index] = RowMeta(sample.shard, sample.offset, sample.key, h)
             if sample.error:
                 send_idx.append(index), send_img.append(None)
@@ -243,7 +243,7 @@ def _make_feeder_class() -> Any:
         fetch dies, Ray retries it and the chunk is handed out again instead of being lost."""
 
         def __init__(self, capacity: int) -> None:
-            self.capacity = capacity
+            self.capacity = capacity  # chunks read but not yet received back by the driver
             self.chunks: dict[int, Any] = {}
             self.taken: dict[int, Any] = {}
             self.end: int | None = None
@@ -252,7 +252,10 @@ def _make_feeder_class() -> Any:
 
         async def put(self, j: int, ref: list[Any]) -> None:
             async with self.cond:
-                await self.cond.wait_for(lambda: len(self.chunks) < self.capacity)
+                # Backpressure on the reader: everything between it and the committer is bounded,
+                # so memory stays flat however many rows a run covers.
+                await self.cond.wait_for(
+                    lambda: len(self.chunks) + len(self.taken) < self.capacity)
                 self.chunks[j] = ref[0]
                 self.cond.notify_all()
 
@@ -262,8 +265,10 @@ def _make_feeder_class() -> Any:
                 self.cond.notify_all()
 
         async def release(self, upto: int) -> None:
-            for j in [j for j in self.taken if j <= upto]:
-                del self.taken[j]
+            async with self.cond:
+                for j in [j for j in self.taken if j <= upto]:
+                    del self.taken[j]
+                self.cond.notify_all()
 
         async def take(self, j: int) -> list[Any] | str | None:
             async with self.cond:
@@ -304,6 +309,13 @@ class FetchChunks:
 # --------------------------------------------------------------------------------------------
 # The run.
 # --------------------------------------------------------------------------------------------
+def chunks_in_flight(cfg: RunConfig) -> int:
+    """How many chunks may be between the reader and the committer: enough to keep every engine
+    replica's queue full (4 batches in flight per replica) plus the prepare stage busy."""
+    engine_rows = cfg.concurrency * cfg.batch_size * 4
+    return MIN_CHUNKS_IN_FLIGHT + math.ceil(engine_rows / CHUNK_ROWS)
+
+
 def _init_ray(cfg: RunConfig) -> None:
     import ray
 
@@ -514,7 +526,7 @@ def _execute(cfg: RunConfig, table: CaptionsTable, plan: Plan, engine: Engine, r
     # The feeder lives on the driver's node: losing another node must not lose its chunks.
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     feeder = _make_feeder_class().options(name=feeder_name, scheduling_strategy=here).remote(
-        FEEDER_BUFFER)
+        chunks_in_flight(cfg))
     committer = _Committer(cfg, table, plan, reader, run_id, counts)
     retry_indices = set(reader.retry_rows.column("source_index").to_pylist())
     held_lock = threading.Lock()
@@ -543,8 +555,10 @@ def _execute(cfg: RunConfig, table: CaptionsTable, plan: Plan, engine: Engine, r
 
     ds = ray.data.range(n_chunks, override_num_blocks=math.ceil(n_chunks / per_block))
     ds = ds.map_batches(FetchChunks, fn_constructor_kwargs={"feeder_name": feeder_name},
-                        batch_size=None, batch_format="numpy", num_cpus=0.1,
-                        compute=ray.data.ActorPoolStrategy(size=2))
+                        # waiting on the feeder is all it does: no CPU reserved (on 2 cores a
+                        # reserved slot here would starve prepare, FACTS.md)
+                        batch_size=None, batch_format="numpy", num_cpus=0,
+                        compute=ray.data.ActorPoolStrategy(size=1))
     ds = ds.map_batches(prepare_batch, fn_kwargs={"size": cfg.image_size}, batch_size=None,
                         batch_format="pyarrow", num_cpus=1)
     ds = engine.apply(ds)

@@ -49,7 +49,7 @@ def _is_local(uri: str) -> bool:
 
 
 def _local_path(uri: str) -> str:
-    return uri[len("file://") :] if uri.startswith("file://") else uri
+    return uri.removeprefix("file://")
 
 
 def _transient(exc: BaseException) -> bool:
@@ -75,7 +75,7 @@ def retry(fn: Callable[[], T], *, what: str, attempts: int = 5, base: float = 0.
     for attempt in range(1, attempts + 1):
         try:
             return fn()
-        except Exception as exc:  # noqa: BLE001 - sorted into transient / fatal right here
+        except Exception as exc:
             if not _transient(exc) or attempt == attempts:
                 raise CommitError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
             delay = base * 2 ** (attempt - 1) * (0.5 + random.random())
@@ -269,7 +269,7 @@ def _sql_str(value: str) -> str:
 def _same_columns(have: pa.Schema, want: pa.Schema) -> bool:
     if have.names != want.names:
         return False
-    for a, b in zip(have, want):
+    for a, b in zip(have, want, strict=False):
         if a.type != b.type and not (pa.types.is_timestamp(a.type) and pa.types.is_timestamp(b.type)):
             if not (pa.types.is_string(a.type) or pa.types.is_large_string(a.type)) or \
                     not (pa.types.is_string(b.type) or pa.types.is_large_string(b.type)):

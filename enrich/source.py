@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import glob as globmod
 import hashlib
+import io
 import logging
 import os
 import tarfile
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import IO
@@ -31,6 +34,10 @@ TEXT_EXTS = ("txt",)
 # Transient read errors (network, object store) are retried by reopening the shard and skipping
 # what was already read; content errors (a truncated or non-tar file) are not.
 READ_RETRIES = 4
+# Remote shards (hub, object stores) are downloaded this many ahead, concurrently: one HTTP
+# stream gives tens of MB/s, and a large cluster needs the reader to deliver thousands of
+# images/s (PERFORMANCE.md). A hub shard is ~130 MB, so this holds ~0.5 GB in the driver.
+PREFETCH_SHARDS = 4
 
 
 @dataclass(frozen=True)
@@ -204,3 +211,43 @@ def iter_shard(shard: Shard, *, start: int = 0) -> Iterator[Sample]:
             delay = min(30.0, 0.5 * 2**attempt)
             log.warning("reading %s failed (%s); retry %d in %.1fs", shard.name, exc, attempt, delay)
             time.sleep(delay)
+
+
+def _download(shard: Shard) -> bytes:
+    for attempt in range(1, READ_RETRIES + 2):
+        try:
+            with shard.open() as fh:
+                return fh.read()
+        except OSError as exc:
+            if attempt > READ_RETRIES:
+                raise
+            delay = min(30.0, 0.5 * 2**attempt)
+            log.warning("downloading %s failed (%s); retry %d in %.1fs", shard.name, exc, attempt, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def prefetched(shards: list[Shard], *, ahead: int = PREFETCH_SHARDS) -> Iterator[Shard]:
+    """The same shards in the same order; remote ones come already downloaded, the next
+    ``ahead`` of them fetched concurrently while the current one is read. Local shards pass
+    through untouched (the page cache does this job)."""
+    if not any("://" in s.url for s in shards):
+        yield from shards
+        return
+    pool = ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="enrich-prefetch")
+    pending: deque[tuple[Shard, Future[bytes]]] = deque()
+    upcoming = iter(shards)
+    try:
+        for shard in upcoming:
+            pending.append((shard, pool.submit(_download, shard)))
+            if len(pending) >= ahead:
+                break
+        while pending:
+            shard, future = pending.popleft()
+            data = future.result()
+            nxt = next(upcoming, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(_download, nxt)))
+            yield Shard(shard.name, shard.url, lambda data=data: io.BytesIO(data))
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)

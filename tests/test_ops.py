@@ -103,7 +103,8 @@ def test_gallery_renders_in_headless_chromium(made: dict[str, str], tmp_path: Pa
                            f"--screenshot={shot}", "--window-size=1200,900", out.as_uri()],
                           capture_output=True, text=True, timeout=120)
     assert shot.exists() and shot.stat().st_size > 10_000, proc.stderr[-2000:]
-    console_errors = [l for l in proc.stderr.splitlines() if "CONSOLE" in l and "ERROR" in l.upper()]
+    console_errors = [line for line in proc.stderr.splitlines()
+                      if "CONSOLE" in line and "ERROR" in line.upper()]
     assert console_errors == []
     # thumbnails really decoded: count rendered <img> with a natural width via the DOM dump
     dom = subprocess.run(["chromium", *flags, "--dump-dom", "--virtual-time-budget=3000",

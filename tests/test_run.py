@@ -8,12 +8,12 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
+from enrich.schemas import CAPTIONS
 
 from enrich.config import RunConfig, run_identity
 from enrich.errors import TableError
 from enrich.pipeline import run
 from enrich.progress import Reporter
-from enrich.schemas import CAPTIONS
 from enrich.sink import CaptionsTable, Progress
 from tests.helpers import outcome, read_table
 
@@ -36,7 +36,7 @@ def test_run_rerun_and_extend_equal_one_clean_run(shards: Path, tmp_path: Path) 
     assert first.outcome == "completed" and first.committed_rows == 50
     table = read_table(str(tmp_path / "t"))
     assert table.schema.names == CAPTIONS.names
-    for got, want in zip(table.schema, CAPTIONS):
+    for got, want in zip(table.schema, CAPTIONS, strict=False):
         assert got.type == want.type, got.name
     assert sorted(table.column("source_index").to_pylist()) == list(range(50))
     version = DeltaTable(str(tmp_path / "t")).version()

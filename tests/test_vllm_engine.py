@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import time
 from pathlib import Path
 
@@ -17,15 +16,26 @@ import pytest
 from PIL import Image
 
 from enrich.config import RunConfig
-from enrich.engines.vllm import (BYPASS, ERROR_KEY, Postprocess, Preprocess, build_messages,
-                                 image_tokens, normalize_row, processor_config_kwargs)
+from enrich.engines.vllm import (
+    ERROR_KEY,
+    Postprocess,
+    Preprocess,
+    build_messages,
+    image_tokens,
+    normalize_row,
+    processor_config_kwargs,
+)
 from tests.conftest import cli
 
 SIZE = 225
 
 
 def _pixels(seed: int = 0) -> bytes:
-    return np.random.default_rng(seed).integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8).tobytes()
+    """A prepared image, as the prepare stage hands it to the engine (a 225x225 JPEG)."""
+    arr = np.random.default_rng(seed).integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr, "RGB").save(buf, "JPEG", quality=95)
+    return buf.getvalue()
 
 
 def test_image_tokens_for_225_pixels() -> None:
@@ -79,7 +89,7 @@ def test_messages_validate_as_vllm_chat_parser_reads_them() -> None:
     # "text" parts through TypeAdapter(ChatCompletionContentPartTextParam) and then ["text"].
     image_parser = TypeAdapter(types.ChatCompletionContentPartImageParam).validate_python
     text_parser = TypeAdapter(types.ChatCompletionContentPartTextParam).validate_python
-    messages = _arrow_roundtrip(build_messages(_pixels(), size=SIZE, system_prompt="sys",
+    messages = _arrow_roundtrip(build_messages(_pixels(), system_prompt="sys",
                                                prompt="Describe."))
     assert [m["role"] for m in messages] == ["system", "user"]
     parts = messages[1]["content"]
@@ -95,7 +105,7 @@ def test_messages_validate_as_vllm_chat_parser_reads_them() -> None:
 
 def test_real_chat_parser_when_vllm_is_installed() -> None:
     chat_utils = pytest.importorskip("vllm.entrypoints.chat_utils", reason="GPU machines only")
-    parts = build_messages(_pixels(), size=SIZE, system_prompt="s", prompt="p")[1]["content"]
+    parts = build_messages(_pixels(), system_prompt="s", prompt="p")[1]["content"]
     kinds = [chat_utils._parse_chat_message_content_mm_part(p)[0] for p in parts]
     assert kinds == ["image_url", "text"]
 
@@ -121,14 +131,14 @@ def test_rejected_bypass_errors_fail_and_truncation_is_flagged() -> None:
     pytest.importorskip("ray.llm._internal.batch.stages.base")
     base = {"error": None, "image_width": 10, "image_height": 10}
     rows = [
-        {"source_index": 0, "status": "pending", "pixels": _pixels(0), **base},
-        {"source_index": 1, "status": "rejected", "pixels": None, **base, "error": "zero-byte image"},
-        {"source_index": 2, "status": "pending", "pixels": _pixels(2), **base},
-        {"source_index": 3, "status": "pending", "pixels": _pixels(3), **base},
+        {"source_index": 0, "status": "pending", "image_jpeg": _pixels(0), **base},
+        {"source_index": 1, "status": "rejected", "image_jpeg": None, **base, "error": "zero-byte image"},
+        {"source_index": 2, "status": "pending", "image_jpeg": _pixels(2), **base},
+        {"source_index": 3, "status": "pending", "image_jpeg": _pixels(3), **base},
     ]
 
     def generate(data: dict) -> dict:
-        assert data["pixels"] is None and data["messages"][1]["content"][0]["type"] == "image_url"
+        assert data["image_jpeg"] is None and data["messages"][1]["content"][0]["type"] == "image_url"
         if data["source_index"] == 2:
             return {ERROR_KEY: "CUDA error: device-side assert", "generated_text": ""}
         tokens = 8 if data["source_index"] == 3 else 5

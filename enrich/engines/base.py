@@ -5,7 +5,7 @@ applied once per run: its replicas (and the model) start once and live for the w
 however many commits the driver makes meanwhile.
 
 Input rows carry ``source_index``, ``status`` (``pending`` for images to caption; anything else
-passes through untouched), ``error``, ``pixels`` (RGB ``image_size``² bytes) and the original
+passes through untouched), ``error``, ``image_jpeg`` (the ``image_size``² image as a JPEG) and the original
 ``image_width``/``image_height``. Output rows carry exactly :data:`OUTPUT_SCHEMA`.
 """
 

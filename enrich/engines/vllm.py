@@ -15,7 +15,6 @@ an error.
 from __future__ import annotations
 
 import base64
-import io
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -30,17 +29,16 @@ BYPASS = "enrich:bypass"
 ERROR_KEY = "__inference_error__"
 # Qwen2.5-VL: 14 px patches merged 2x2, so image sides are rounded to multiples of 28.
 QWEN_FACTOR = 28
-# Encoding of the prepared image inside the chat message: JPEG at quality 95 is ~6x smaller
-# than PNG for photos and visually lossless at 225 px; vLLM decodes it in PrepareMultimodal.
-JPEG_QUALITY = 95
-# vLLM engine defaults we choose, each overridable with --engine-kwargs:
-# - max_num_seqs 128: a 3B model in bf16 leaves ~14 GB of an L4's 24 GB for KV cache; a
-#   caption needs ~40 text + 66 image + ~100 generated tokens, so 128 sequences use ~27k tokens
-#   of KV (~1 GB at 36 KB/token), and decode at batch 128 is still memory-bandwidth bound.
+# vLLM engine defaults we choose, each overridable with --engine-kwargs (PERFORMANCE.md has
+# the arithmetic):
+# - max_num_seqs 256: a caption needs ~116 prompt (64 of them image) + ~100 generated tokens at
+#   36 KB of KV cache per token (36 layers x 2 KV heads x 128 x K,V x bf16), so 256 sequences
+#   hold ~2 GB of KV, well inside the ~12 GB an L4 has left after weights; decode of a 3B model
+#   stays memory-bandwidth bound up to about this batch, so fewer sequences waste the GPU.
 # - enable_prefix_caching: every prompt starts with the same system prompt and template.
 # - gpu_memory_utilization 0.90: room for the CUDA graphs and the vision encoder activations.
 ENGINE_DEFAULTS: dict[str, Any] = {
-    "max_num_seqs": 128,
+    "max_num_seqs": 256,
     "enable_prefix_caching": True,
     "gpu_memory_utilization": 0.90,
     "dtype": "bfloat16",
@@ -97,23 +95,18 @@ def sampling_params(cfg: RunConfig) -> dict[str, Any]:
     return {"temperature": cfg.temperature, "max_tokens": cfg.max_tokens}
 
 
-def image_data_url(pixels: bytes, size: int) -> str:
-    from PIL import Image
-
-    img = Image.frombytes("RGB", (size, size), pixels)
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=JPEG_QUALITY)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+def image_data_url(jpeg: bytes) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
 
 
-def build_messages(pixels: bytes, *, size: int, system_prompt: str, prompt: str) -> list[dict[str, Any]]:
+def build_messages(jpeg: bytes, *, system_prompt: str, prompt: str) -> list[dict[str, Any]]:
     """OpenAI-style chat messages as vLLM's chat parser reads them: an ``image_url`` part holding
-    a data URL, then the text part. Every message uses a list of parts, so the Arrow blocks
-    between stages see one content type."""
+    the prepared JPEG as a data URL, then the text part. Every message uses a list of parts, so
+    the Arrow blocks between stages see one content type."""
     return [
         {"role": "system", "content": [{"type": "text", "text": system_prompt}]},
         {"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": image_data_url(pixels, size)}},
+            {"type": "image_url", "image_url": {"url": image_data_url(jpeg)}},
             {"type": "text", "text": prompt},
         ]},
     ]
@@ -127,11 +120,11 @@ class Preprocess:
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         if row["status"] != "pending":
-            return {"pixels": None, ERROR_KEY: BYPASS}
-        messages = build_messages(row["pixels"], size=self.size, system_prompt=self.system_prompt,
+            return {"image_jpeg": None, ERROR_KEY: BYPASS}
+        messages = build_messages(row["image_jpeg"], system_prompt=self.system_prompt,
                                   prompt=self.prompt)
-        # pixels are dropped here: the data URL carries the image through the stages.
-        return {"pixels": None, "messages": messages, "sampling_params": dict(self.params),
+        # the bytes column is dropped here: the data URL carries the image through the stages.
+        return {"image_jpeg": None, "messages": messages, "sampling_params": dict(self.params),
                 ERROR_KEY: ""}
 
 

@@ -16,7 +16,7 @@ pytestmark = [
                        reason="set ENRICH_GPU_TESTS=1 on a machine with a GPU, vllm and the model"),
 ]
 
-ENGLISH = re.compile(r"\b(the|a|an|of|with|and|in|on|is)\b", re.I)
+ENGLISH = re.compile(r"\b(the|a|an|of|with|and|in|on|is)\b", re.IGNORECASE)
 COLOURS = ("red", "green", "blue", "yellow", "white", "black", "orange", "purple", "grey", "gray",
            "brown", "pink")
 
