@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -154,6 +155,14 @@ def _run_main(argv: Sequence[str]) -> int:
     return 0
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def one_line(text: str) -> str:
+    """Library errors (delta-rs, object stores) come with newlines and colour codes: fold them."""
+    return " ".join(_ANSI.sub("", text).replace("↳", " ").split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="enrich: %(levelname)s: %(message)s")
@@ -164,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return ops.main(argv[0], argv[1:])
         return _run_main(argv)
     except EnrichError as exc:
-        print(f"enrich: error: {exc}", file=sys.stderr)
+        print(f"enrich: error: {one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("enrich: interrupted; committed rows are safe, run the same command to resume",

@@ -40,7 +40,7 @@ from enrich.source import Sample, Shard, iter_shard, list_shards, prefetched
 log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 128  # source rows per feeder chunk: one prepare task's worth (~0.7 s of CPU)
-MIN_CHUNKS_IN_FLIGHT = 8  # ~1k rows read ahead of the committer on a small machine
+MIN_CHUNKS_IN_FLIGHT = 16  # ~2k rows read ahead of the committer on a small machine
 MAX_RANGE_BLOCKS = 10_000
 
 FETCH_SCHEMA = pa.schema([

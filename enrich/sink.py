@@ -62,7 +62,10 @@ def _transient(exc: BaseException) -> bool:
         return True
     if isinstance(exc, PermissionError):
         return False
-    return isinstance(exc, (OSError, DeltaError)) and "permission" not in str(exc).lower()
+    text = str(exc).lower()
+    if "permission" in text or "not permitted" in text or "read-only file system" in text:
+        return False  # retrying cannot fix it: fail now, with the cause
+    return isinstance(exc, (OSError, DeltaError))
 
 
 def retry(fn: Callable[[], T], *, what: str, attempts: int = 5, base: float = 0.2,
@@ -79,7 +82,8 @@ def retry(fn: Callable[[], T], *, what: str, attempts: int = 5, base: float = 0.
             if not _transient(exc) or attempt == attempts:
                 raise CommitError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
             delay = base * 2 ** (attempt - 1) * (0.5 + random.random())
-            log.warning("%s failed (%s), retry %d/%d in %.2fs", what, exc, attempt, attempts - 1, delay)
+            log.warning("%s failed (%s), retry %d/%d in %.2fs", what, " ".join(str(exc).split()),
+                        attempt, attempts - 1, delay)
             time.sleep(delay)
             if before_retry is not None and before_retry():
                 return None  # type: ignore[return-value]

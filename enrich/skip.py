@@ -49,8 +49,14 @@ class SkipIndex:
     def nbytes(self) -> int:
         return int(self._sorted.nbytes) + len(self._recent) * (PREFIX + 60)
 
+    @staticmethod
+    def _keys(hex_hashes: list[str]) -> np.ndarray:
+        # one hex decode for the whole batch instead of one per hash
+        joined = "".join(h[: PREFIX * 2].ljust(PREFIX * 2, "0") for h in hex_hashes)
+        return np.frombuffer(bytes.fromhex(joined), dtype=f"S{PREFIX}")
+
     def contains_many(self, hex_hashes: list[str]) -> np.ndarray:
-        keys = np.array([_prefix(h) for h in hex_hashes], dtype=f"S{PREFIX}")
+        keys = self._keys(hex_hashes)
         pos = np.searchsorted(self._sorted, keys)
         pos = np.minimum(pos, max(len(self._sorted) - 1, 0))
         found = self._sorted[pos] == keys if len(self._sorted) else np.zeros(len(keys), bool)

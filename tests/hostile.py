@@ -100,7 +100,7 @@ def cases() -> list[Case]:
              "captioned"),
         Case("16-bit greyscale PNG", "grey16",
              (("grey16.jpg", _enc(Image.fromarray((np.arange(120 * 90, dtype=np.uint16) * 7)
-                                                  .reshape(90, 120), "I;16"), "PNG")),), "captioned"),
+                                                  .reshape(90, 120)), "PNG")),), "captioned"),
         Case("palette PNG with transparency", "palette", (("palette.jpg", _palette_transparent()),),
              "captioned"),
         Case("LA (grey + alpha) PNG", "la", (("la.jpg", _enc(_photo(seed=6).convert("LA"), "PNG")),),

@@ -227,7 +227,8 @@ def test_table_made_read_only_mid_run(shards: Path, tmp_path: Path, ray_address:
     finally:
         subprocess.run(["chattr", "-i", str(table / "_delta_log")], capture_output=True)
     assert proc.returncode == 4, err
-    assert err.strip().splitlines()[-1].startswith("enrich: error: commit of rows"), err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("enrich: error: commit of rows") and "not permitted" in last, err
     rerun = cli(*args)
     assert rerun.returncode == 0, rerun.stderr
     clean = clean_run(shards, tmp_path / "clean", 120)
