@@ -144,7 +144,9 @@ def test_node_lost_mid_run(shards: Path, tmp_path: Path) -> None:
                            str(shards), str(tmp_path)], capture_output=True, text=True,
                           timeout=900, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    fig = json.loads(proc.stdout.strip().splitlines()[-1])
+    # Ray prints the removed node's log to stdout after us: take our line
+    fig = json.loads(next(line for line in reversed(proc.stdout.splitlines())
+                          if line.startswith('{"injected"')))
     record(drill="worker node removed mid-run (2-node Ray cluster on one machine)", **fig)
     assert fig["injected"] == 1 and fig["rows_lost"] == fig["rows_duplicated"] == 0, fig
 
