@@ -22,6 +22,20 @@ def _with_comment(jpeg: bytes, text: bytes) -> bytes:
     return jpeg[:2] + seg + jpeg[2:]
 
 
+def web_photos(n: int, seed: int) -> list[bytes]:
+    """``n`` photo-like JPEGs of web sizes: long side 300-2000 px, quality 75-92."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        long_side = int(rng.integers(300, 2001))
+        aspect = float(rng.uniform(0.6, 1.6))
+        w, h = (long_side, int(long_side / aspect)) if aspect >= 1 else (int(long_side * aspect), long_side)
+        buf = io.BytesIO()
+        render_image(rng, w, h).save(buf, "JPEG", quality=int(rng.integers(75, 93)))
+        out.append(buf.getvalue())
+    return out
+
+
 def make_photo_set(out: Path, n: int, *, per_shard: int = 1000, distinct: int = 400,
                    seed: int = 1) -> Path:
     """``n`` web-photo-like JPEGs (long side 300-2000 px, quality 75-92) in tar shards.
@@ -32,15 +46,7 @@ def make_photo_set(out: Path, n: int, *, per_shard: int = 1000, distinct: int = 
     if marker.exists():
         return out
     out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    pool = []
-    for _ in range(distinct):
-        long_side = int(rng.integers(300, 2001))
-        aspect = float(rng.uniform(0.6, 1.6))
-        w, h = (long_side, int(long_side / aspect)) if aspect >= 1 else (int(long_side * aspect), long_side)
-        buf = io.BytesIO()
-        render_image(rng, w, h).save(buf, "JPEG", quality=int(rng.integers(75, 93)))
-        pool.append(buf.getvalue())
+    pool = web_photos(distinct, seed)
     for shard in range((n + per_shard - 1) // per_shard):
         with tarfile.open(out / f"{shard:05d}.tar", "w") as tar:
             for i in range(shard * per_shard, min(n, (shard + 1) * per_shard)):

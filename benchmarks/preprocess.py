@@ -10,29 +10,20 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from enrich import prepare
-from enrich.prepare import prepare_image
-from enrich.sample import render_image
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import web_photos  # noqa: E402
+
+from enrich import prepare  # noqa: E402
+from enrich.prepare import prepare_image  # noqa: E402
 
 SIZE = 225
-
-
-def photos(n: int, seed: int = 3) -> list[bytes]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        long_side = int(rng.integers(300, 2001))
-        aspect = float(rng.uniform(0.6, 1.6))
-        w, h = (long_side, int(long_side / aspect)) if aspect >= 1 else (int(long_side * aspect), long_side)
-        buf = io.BytesIO()
-        render_image(rng, w, h).save(buf, "JPEG", quality=int(rng.integers(75, 93)))
-        out.append(buf.getvalue())
-    return out
 
 
 def tutorial(data: bytes) -> bytes:
@@ -67,7 +58,7 @@ def main() -> dict:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--images", type=int, default=300)
     args = ap.parse_args()
-    images = photos(args.images)
+    images = web_photos(args.images, seed=3)
     results = {"images": len(images), "mean_kb": sum(map(len, images)) / len(images) / 1024}
     results["tutorial_per_core"] = rate(tutorial, images)
     results["full_decode_per_core"] = rate(lambda d: ours(d, False), images)

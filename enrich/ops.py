@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 
 from enrich.cli import _nonneg_float, _Parser, _pos_int
-from enrich.errors import TableError, UsageError
+from enrich.errors import RunLockedError, TableError, UsageError
 from enrich.journal import read_journals
 from enrich.pipeline import storage_options_from_env
 from enrich.sink import META_PREFIX, CaptionsTable
@@ -172,17 +172,16 @@ def compact(argv: Sequence[str]) -> int:
                 dt = table._delta()
                 before = len(dt.file_uris())
                 metrics = dt.optimize.compact()
-                removed = dt.vacuum(retention_hours=args.retention_hours,
-                                    enforce_retention_duration=True, dry_run=False)
+                try:
+                    removed = dt.vacuum(retention_hours=args.retention_hours,
+                                        enforce_retention_duration=True, dry_run=False)
+                except Exception as exc:  # noqa: BLE001 - delta-rs raises a bare Exception here
+                    raise UsageError(f"compact: {exc}") from None
                 dt.create_checkpoint()
                 after = len(table._delta().file_uris())
             break
-        except Exception as exc:
-            from enrich.errors import RunLockedError
-
-            if not isinstance(exc, RunLockedError) or time.monotonic() >= deadline:
-                if "retention" in str(exc).lower():
-                    raise UsageError(f"compact: {exc}") from None
+        except RunLockedError:
+            if time.monotonic() >= deadline:
                 raise
             time.sleep(1.0)
     print(f"enrich compact: {before} -> {after} data files "

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import tarfile
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -22,3 +25,13 @@ def outcome(uri: str, *, caption_config: str | None = None) -> dict[int, tuple[A
         assert r["source_index"] not in out, f"duplicate row for source_index {r['source_index']}"
         out[r["source_index"]] = (r["status"], r["image_hash"], r["caption"])
     return out
+
+
+def write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    """A tar shard with these (name, bytes) members, in this order."""
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from tests.helpers import write_tar
+
 
 @dataclass(frozen=True)
 class Case:
@@ -131,14 +133,6 @@ def cases() -> list[Case]:
     ]
 
 
-def _tar(path: Path, members: list[tuple[str, bytes]]) -> None:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-
 @dataclass(frozen=True)
 class ShardCase:
     kind: str
@@ -156,8 +150,8 @@ def build(out: Path) -> tuple[list[Case], list[ShardCase]]:
     good = _enc(_photo(seed=42), "JPEG")
     # duplicate keys in a shard: "dupkey" appears twice, apart: two rows, nothing overwritten
     members = [("dupkey.jpg", good)] + members + [("dupkey.jpg", _enc(_photo(seed=43), "JPEG"))]
-    _tar(out / "00000.tar", members)
-    _tar(out / "00001.tar", [])  # an empty shard
+    write_tar(out / "00000.tar", members)
+    write_tar(out / "00001.tar", [])  # an empty shard
     whole = io.BytesIO()
     with tarfile.open(fileobj=whole, mode="w") as tar:
         for i in range(4):
@@ -173,7 +167,7 @@ def build(out: Path) -> tuple[list[Case], list[ShardCase]]:
     cut = sizes[2][0] + sizes[2][1] // 2  # inside the third member's data
     (out / "00002.tar").write_bytes(raw[:cut])  # a truncated tar
     (out / "00003.tar").write_bytes(b"PK\x03\x04 this is a zip, not a tar" * 100)  # not a tar
-    _tar(out / "00004.tar", [(f"ok{i}.jpg", _enc(_photo(seed=60 + i), "JPEG")) for i in range(3)])
+    write_tar(out / "00004.tar", [(f"ok{i}.jpg", _enc(_photo(seed=60 + i), "JPEG")) for i in range(3)])
     shard_cases = [
         ShardCase("empty shard", "00001.tar", 0, ""),
         ShardCase("truncated tar", "00002.tar", 2, "truncated tar after 2 samples"),

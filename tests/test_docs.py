@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from enrich.cli import build_run_parser
 from enrich.schemas import CAPTIONS
+
+from enrich.cli import build_run_parser
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 

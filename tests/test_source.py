@@ -1,25 +1,15 @@
-import io
-import tarfile
 from pathlib import Path
 
 import pytest
 
 from enrich.errors import SourceError
 from enrich.source import iter_shard, list_shards
-
-
-def _tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
+from tests.helpers import write_tar
 
 
 def test_shards_in_name_order_with_gaps(tmp_path: Path) -> None:
     for n in (3, 0, 1):  # 00002 missing, like the real dataset's 00842
-        _tar(tmp_path / f"{n:05d}.tar", [("a.jpg", b"x")])
+        write_tar(tmp_path / f"{n:05d}.tar", [("a.jpg", b"x")])
     assert [s.name for s in list_shards(str(tmp_path))] == ["00000.tar", "00001.tar", "00003.tar"]
     assert [s.name for s in list_shards(str(tmp_path / "0000[01].tar"))] == ["00000.tar", "00001.tar"]
 
@@ -30,7 +20,7 @@ def test_no_shards_is_a_source_error(tmp_path: Path) -> None:
 
 
 def test_samples_group_members_by_key_in_tar_order(tmp_path: Path) -> None:
-    shard = list_shards(str(_tar(tmp_path / "00000.tar", [
+    shard = list_shards(str(write_tar(tmp_path / "00000.tar", [
         ("k1.jpg", b"one"), ("k1.txt", b"cap"), ("k2.txt", b"only text"),
         ("k3.jpg", b"three"), ("k3.json", b"{}"), ("k3.jpg", b"again")])))[0]
     got = [(s.offset, s.key, s.image) for s in iter_shard(shard)]
@@ -39,14 +29,14 @@ def test_samples_group_members_by_key_in_tar_order(tmp_path: Path) -> None:
 
 
 def test_resume_inside_a_shard_skips_exactly(tmp_path: Path) -> None:
-    shard = list_shards(str(_tar(tmp_path / "00000.tar",
+    shard = list_shards(str(write_tar(tmp_path / "00000.tar",
                                  [(f"k{i}.jpg", bytes([i])) for i in range(10)])))[0]
     assert [s.key for s in iter_shard(shard, start=7)] == ["k7", "k8", "k9"]
     assert list(iter_shard(shard, start=10)) == []
 
 
 def test_truncated_tar_ends_with_one_error_marker(tmp_path: Path) -> None:
-    path = _tar(tmp_path / "00000.tar", [(f"k{i}.jpg", bytes(3000)) for i in range(5)])
+    path = write_tar(tmp_path / "00000.tar", [(f"k{i}.jpg", bytes(3000)) for i in range(5)])
     data = path.read_bytes()
     path.write_bytes(data[: 3584 + 512 + 700])  # cut inside the second member
     samples = list(iter_shard(list_shards(str(path))[0]))
@@ -59,7 +49,7 @@ def test_truncated_tar_ends_with_one_error_marker(tmp_path: Path) -> None:
 def test_not_a_tar_and_empty_shard(tmp_path: Path) -> None:
     (tmp_path / "00000.tar").write_bytes(b"<html>not a tar</html>" * 40)
     (tmp_path / "00001.tar").write_bytes(b"")
-    _tar(tmp_path / "00002.tar", [])
+    write_tar(tmp_path / "00002.tar", [])
     bad, empty, no_members = list_shards(str(tmp_path))
     (marker,) = list(iter_shard(bad))
     assert marker.error and "not a tar file" in marker.error and marker.offset == 0
@@ -84,7 +74,7 @@ def test_remote_shards_are_prefetched_in_order(tmp_path: Path) -> None:
     from enrich.source import Shard, prefetched
 
     for n in range(6):
-        _tar(tmp_path / f"{n:05d}.tar", [(f"s{n}k{i}.jpg", bytes([n, i])) for i in range(3)])
+        write_tar(tmp_path / f"{n:05d}.tar", [(f"s{n}k{i}.jpg", bytes([n, i])) for i in range(3)])
     local = list_shards(str(tmp_path))
     opened: list[str] = []
 
