@@ -325,7 +325,8 @@ body{{font-family:system-ui,sans-serif;margin:1.5rem;color:#222}}
 .card img{{display:block;max-width:100%;height:auto;margin:auto}}
 .noimg{{height:120px;display:flex;align-items:center;justify-content:center;background:#eee;color:#888}}
 .status{{text-transform:uppercase;font-size:.75rem}} .rejected .status,.failed .status{{color:#b33}}
-.caption{{margin:.3rem 0}} .error{{color:#b33;font-size:.85rem}} .muted{{color:#777;font-size:.8rem}}
+.caption{{margin:.3rem 0}} .error{{color:#b33;font-size:.85rem}} .duplicate .error{{color:#777}}
+.muted{{color:#777;font-size:.8rem}}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
 {_chart(runs)}
