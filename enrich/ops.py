@@ -259,6 +259,7 @@ def _thumbnails(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int], str | 
         for sample in iter_shard(shard, start=min(offsets)):
             if sample.offset in offsets:
                 uri = None
+                img: Image.Image
                 try:
                     img = Image.open(io.BytesIO(sample.image or b""))
                     img.draft("RGB", (256, 256))

@@ -203,14 +203,19 @@ class Reader:
     def _chunk(self, batch: list[tuple[int, Sample]]) -> tuple[pa.Table, list[dict[str, Any]]]:
         hashes = [s.image_hash for _, s in batch]
         known = self.skip.contains_many([h or "" for h in hashes])
-        send_idx, send_img, send_status, send_err = [], [], [], []
+        send_idx: list[int] = []
+        send_img: list[bytes | None] = []
+        send_status: list[str] = []
+        send_err: list[str | None] = []
         dups: list[dict[str, Any]] = []
         in_chunk: set[str] = set()  # the bulk lookup above cannot see this chunk's own repeats
         for (index, sample), h, seen in zip(batch, hashes, known, strict=False):
             self.meta[index] = RowMeta(sample.shard, sample.offset, sample.key, h)
             if sample.error:
-                send_idx.append(index), send_img.append(None)
-                send_status.append("rejected"), send_err.append(sample.error)
+                send_idx.append(index)
+                send_img.append(None)
+                send_status.append("rejected")
+                send_err.append(sample.error)
             elif h is not None and (seen or h in in_chunk):
                 dups.append({"source_index": index, "status": "duplicate", "image_hash": h,
                              "error": "duplicate image: the same bytes are captioned under this "
@@ -219,8 +224,10 @@ class Reader:
                 if h is not None:
                     self.skip.add(h)
                     in_chunk.add(h)
-                send_idx.append(index), send_img.append(sample.image)
-                send_status.append("pending"), send_err.append(None)
+                send_idx.append(index)
+                send_img.append(sample.image)
+                send_status.append("pending")
+                send_err.append(None)
         table = pa.table({"source_index": pa.array(send_idx, pa.int64()),
                           "image": pa.array(send_img, pa.binary()),
                           "status": pa.array(send_status, pa.string()),
@@ -236,7 +243,7 @@ def _make_feeder_class() -> Any:
 
     import ray
 
-    @ray.remote(num_cpus=0, max_concurrency=64)
+    @ray.remote(num_cpus=0, max_concurrency=64)  # type: ignore[call-overload]
     class Feeder:
         """Holds the chunks the driver has read until the fetch stage takes them. A taken chunk
         is kept until the driver has received its rows (``release``): if the node running a
@@ -298,7 +305,7 @@ class FetchChunks:
         import ray
 
         for j in batch["id"].tolist():
-            got = ray.get(self.feeder.take.remote(int(j)))
+            got: Any = ray.get(self.feeder.take.remote(int(j)))
             if got is None:
                 return  # the stream ended before this chunk: nothing more in this block
             if isinstance(got, str):
@@ -559,14 +566,17 @@ def _execute(cfg: RunConfig, table: CaptionsTable, plan: Plan, engine: Engine, r
                         # reserved slot here would starve prepare, FACTS.md)
                         batch_size=None, batch_format="numpy", num_cpus=0,
                         compute=ray.data.ActorPoolStrategy(size=1))
-    ds = ds.map_batches(prepare_batch, fn_kwargs={"size": cfg.image_size}, batch_size=None,
+    ds = ds.map_batches(prepare_batch,  # type: ignore[arg-type]
+                        fn_kwargs={"size": cfg.image_size}, batch_size=None,
                         batch_format="pyarrow", num_cpus=1)
     ds = engine.apply(ds)
 
     thread = threading.Thread(target=feed, name="enrich-reader", daemon=True)
     thread.start()
     try:
-        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=2):
+        batch: pa.Table
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None,  # type: ignore[assignment]
+                                     prefetch_batches=2):
             _drain(pending_dups, held_lock, committer)
             committer.accept(batch, retry_indices)
             received += batch.num_rows

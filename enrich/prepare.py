@@ -72,6 +72,7 @@ def prepare_image(data: bytes | None, *, size: int, draft: bool = True, jpeg: bo
         return _reject("no image member in sample")
     if len(data) == 0:
         return _reject("zero-byte image")
+    img: Image.Image
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -127,17 +128,14 @@ def prepare_batch(batch: pa.Table, *, size: int, draft: bool = True) -> pa.Table
     images = batch.column("image").to_pylist()
     status = batch.column("status").to_pylist()
     errors = batch.column("error").to_pylist()
-    pixels: list[bytes | None] = []
-    widths: list[int | None] = []
-    heights: list[int | None] = []
+    pixels: list[bytes | None] = [None] * len(images)
+    widths: list[int | None] = [None] * len(images)
+    heights: list[int | None] = [None] * len(images)
     for i, data in enumerate(images):
         if status[i] != "pending":
-            pixels.append(None), widths.append(None), heights.append(None)
             continue
         p = prepare_image(data, size=size, draft=draft, jpeg=True)
-        pixels.append(p.jpeg)
-        widths.append(p.width)
-        heights.append(p.height)
+        pixels[i], widths[i], heights[i] = p.jpeg, p.width, p.height
         if not p.ok:
             status[i], errors[i] = "rejected", p.error
     out = batch.drop_columns(["image", "status", "error"])

@@ -227,6 +227,10 @@ def _download(shard: Shard) -> bytes:
     raise AssertionError("unreachable")
 
 
+def _bytes_opener(data: bytes) -> Callable[[], IO[bytes]]:
+    return lambda: io.BytesIO(data)
+
+
 def prefetched(shards: list[Shard], *, ahead: int = PREFETCH_SHARDS) -> Iterator[Shard]:
     """The same shards in the same order; remote ones come already downloaded, the next
     ``ahead`` of them fetched concurrently while the current one is read. Local shards pass
@@ -248,6 +252,6 @@ def prefetched(shards: list[Shard], *, ahead: int = PREFETCH_SHARDS) -> Iterator
             nxt = next(upcoming, None)
             if nxt is not None:
                 pending.append((nxt, pool.submit(_download, nxt)))
-            yield Shard(shard.name, shard.url, lambda data=data: io.BytesIO(data))
+            yield Shard(shard.name, shard.url, _bytes_opener(data))
     finally:
         pool.shutdown(wait=False, cancel_futures=True)

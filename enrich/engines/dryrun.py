@@ -106,7 +106,10 @@ class DryRunCaptioner:
             if indices[i] in self.fail_on:
                 status[i], errors[i] = "failed", "engine error: injected by dry_run_fail_on"
                 continue
-            captions[i], tokens[i] = caption_jpeg(images[i], self.size)
+            image = images[i]
+            if image is None:  # a pending row always carries its prepared image
+                raise ValueError(f"row {indices[i]} is pending without an image")
+            captions[i], tokens[i] = caption_jpeg(image, self.size)
             truncated[i] = False
             status[i] = "captioned"
         return pa.table({
