@@ -41,7 +41,11 @@ log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 128  # source rows per feeder chunk: one prepare task's worth (~0.7 s of CPU)
 MIN_CHUNKS_IN_FLIGHT = 16  # ~2k rows read ahead of the committer on a small machine
-MAX_RANGE_BLOCKS = 10_000
+# Blocks of chunk ids. Each block is one fetch task; past the end of the source a task returns
+# at once, but each still costs Ray ~40 ms, so a --until far beyond the source must not mean
+# thousands of them.
+MAX_RANGE_BLOCKS = 256
+RELEASED = "released"  # feeder answer for a chunk the driver already has
 
 FETCH_SCHEMA = pa.schema([
     pa.field("source_index", pa.int64()),
@@ -255,6 +259,7 @@ def _make_feeder_class() -> Any:
             self.taken: dict[int, Any] = {}
             self.end: int | None = None
             self.failure: str | None = None
+            self.released = -1  # every chunk up to this one is in the driver's hands
             self.cond = asyncio.Condition()
 
         async def put(self, j: int, ref: list[Any]) -> None:
@@ -273,12 +278,15 @@ def _make_feeder_class() -> Any:
 
         async def release(self, upto: int) -> None:
             async with self.cond:
+                self.released = max(self.released, upto)
                 for j in [j for j in self.taken if j <= upto]:
                     del self.taken[j]
                 self.cond.notify_all()
 
         async def take(self, j: int) -> list[Any] | str | None:
             async with self.cond:
+                if j <= self.released and j not in self.taken:
+                    return RELEASED  # a retried fetch asking again for what the driver has
                 await self.cond.wait_for(
                     lambda: j in self.chunks or j in self.taken or self.end is not None)
                 if j in self.chunks:
@@ -308,6 +316,12 @@ class FetchChunks:
             got: Any = ray.get(self.feeder.take.remote(int(j)))
             if got is None:
                 return  # the stream ended before this chunk: nothing more in this block
+            if got == RELEASED:
+                # A retry of this block (its actor died) re-asks for chunks the driver already
+                # received: yield an empty block in their place, so the retried generator's
+                # outputs line up with the ones Ray already delivered.
+                yield FETCH_SCHEMA.empty_table()
+                continue
             if isinstance(got, str):
                 raise RuntimeError(got)
             yield ray.get(got[0])

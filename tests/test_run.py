@@ -133,3 +133,11 @@ def test_a_retried_commit_never_lands_twice(tmp_path: Path) -> None:
     assert not table.append(data, app_id=app, expect_from=0, progress=progress, metadata={})
     assert len(read_table(str(tmp_path / "t"))) == 2
     assert table.progress(app) == dataclasses.replace(progress)
+
+
+def test_until_far_beyond_the_source_covers_it_and_records_the_end(shards: Path, tmp_path: Path) -> None:
+    res = _run(_cfg(shards, tmp_path, 10**9))
+    assert res.committed_rows == 120 and res.outcome == "completed"
+    progress = CaptionsTable(str(tmp_path / "t")).progress(res.plan.app_id)
+    assert progress.next_index == 120 and progress.exhausted
+    assert _run(_cfg(shards, tmp_path, 10**9)).outcome == "nothing to do"
