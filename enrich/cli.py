@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from enrich.errors import EnrichError, UsageError
+from enrich.config import ENGINES
+from enrich.errors import EnrichError, UsageError, one_line
 
 COMMANDS = ("status", "sql", "compact", "gallery")
 
@@ -78,7 +78,7 @@ def build_run_parser() -> argparse.ArgumentParser:
                    "a directory or glob of webdataset .tar shards, an fsspec URL, or 'sample' "
                    "(a small offline dataset)")
     g.add_argument("--table", help="Delta table path or s3:// gs:// az:// URI (default ./captions)")
-    g.add_argument("--engine", choices=("vllm", "dry-run"),
+    g.add_argument("--engine", choices=ENGINES,
                    help="caption engine (default vllm); dry-run is a deterministic CPU engine")
     g.add_argument("--image-size", type=_pos_int, metavar="PX",
                    help="images are resized to PX x PX before captioning (default 225)")
@@ -130,7 +130,8 @@ def _run_main(argv: Sequence[str]) -> int:
     flags = {k: v for k, v in vars(args).items() if k not in ("plan", "config", "quiet")}
     cfg = resolve(flags, config_file=args.config)
     if args.plan:
-        from enrich.pipeline import make_plan, storage_options_from_env
+        from enrich.config import storage_options_from_env
+        from enrich.pipeline import make_plan
         from enrich.sink import CaptionsTable
 
         plan = make_plan(cfg, CaptionsTable(cfg.table, storage_options=storage_options_from_env()))
@@ -153,14 +154,6 @@ def _run_main(argv: Sequence[str]) -> int:
         return 0
     reporter.summary(result)
     return 0
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-def one_line(text: str) -> str:
-    """Library errors (delta-rs, object stores) come with newlines and colour codes: fold them."""
-    return " ".join(_ANSI.sub("", text).replace("↳", " ").split())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -152,7 +152,7 @@ def _coerce(name: str, value: Any) -> Any:
     """Turn a string from the environment or a TOML value into the field's type."""
     kind = _FIELDS[name].type
     try:
-        if kind == "int" or name == "until":
+        if kind == "int":
             if isinstance(value, bool):
                 raise ValueError
             if isinstance(value, str) and not value.strip().lstrip("-").isdigit():
@@ -224,6 +224,13 @@ def resolve(
     if "until" not in values:
         raise UsageError("--until is required (the number of source rows to cover)")
     return RunConfig(**values, origins=origins)
+
+
+def storage_options_from_env() -> dict[str, str]:
+    """Object-store settings that delta-rs does not pick up from the environment by itself.
+    (Credentials it reads itself; they never pass through enrich.)"""
+    names = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_ALLOW_HTTP", "AWS_S3_ALLOW_UNSAFE_RENAME")
+    return {name: os.environ[name] for name in names if os.environ.get(name)}
 
 
 def run_identity(source: str, caption: CaptionConfig) -> str:

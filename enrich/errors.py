@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def one_line(text: str) -> str:
+    """Library errors (delta-rs, object stores) come with newlines and colour codes: fold them."""
+    return " ".join(_ANSI.sub("", text).replace("↳", " ").split())
+
 
 class EnrichError(Exception):
     """Base class. ``exit_code`` is what the CLI exits with."""

@@ -21,9 +21,10 @@ from typing import Any
 import pyarrow as pa
 
 from enrich.cli import _nonneg_float, _Parser, _pos_int
+from enrich.config import storage_options_from_env
 from enrich.errors import RunLockedError, TableError, UsageError
 from enrich.journal import read_journals
-from enrich.pipeline import storage_options_from_env
+from enrich.schemas import STATUSES
 from enrich.sink import META_PREFIX, CaptionsTable
 
 FORMATS = ("table", "csv", "json")
@@ -198,7 +199,7 @@ def gallery(argv: Sequence[str]) -> int:
     _common(p)
     p.add_argument("--out", default="gallery.html", help="output file (default gallery.html)")
     p.add_argument("--sample", type=_pos_int, default=24, metavar="K", help="rows to show (default 24)")
-    p.add_argument("--status", action="append", choices=("captioned", "duplicate", "rejected", "failed"),
+    p.add_argument("--status", action="append", choices=STATUSES,
                    help="only rows with this status (repeatable; default all)")
     p.add_argument("--max-shards", type=_pos_int, default=2,
                    help="read thumbnails from at most this many shards (a hub shard is ~2,600 "

@@ -15,6 +15,7 @@ Who does what, and why:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -23,13 +24,13 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 import pyarrow as pa
 
-from enrich.config import RunConfig, enricher_version, run_identity
+from enrich.config import RunConfig, enricher_version, run_identity, storage_options_from_env
 from enrich.engines.base import Engine
 from enrich.journal import Journal
 from enrich.progress import Counts, Reporter
@@ -74,8 +75,12 @@ class Plan:
     caption: dict[str, Any]
     progress: Progress
     until: int
-    failed_to_retry: int
+    retry_rows: pa.Table  # the failed rows a run retries first
     engine: dict[str, Any]
+
+    @property
+    def failed_to_retry(self) -> int:
+        return self.retry_rows.num_rows
 
     @property
     def rows_to_do(self) -> int:
@@ -111,16 +116,6 @@ class RunResult:
     engine_starts: int | None
     outcome: str
     plan: Plan
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def storage_options_from_env() -> dict[str, str]:
-    """Object-store settings that delta-rs does not pick up from the environment by itself."""
-    opts = {}
-    for name in ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_ALLOW_HTTP", "AWS_S3_ALLOW_UNSAFE_RENAME"):
-        if os.environ.get(name):
-            opts[name] = os.environ[name]
-    return opts
 
 
 def make_plan(cfg: RunConfig, table: CaptionsTable) -> Plan:
@@ -128,10 +123,10 @@ def make_plan(cfg: RunConfig, table: CaptionsTable) -> Plan:
 
     caption = cfg.caption
     app_id = run_identity(cfg.source, caption)
-    failed = table.failed_rows(cfg.source, caption.id).num_rows if table.exists else 0
     return Plan(source=cfg.source, table=cfg.table, app_id=app_id, caption_config=caption.id,
-                caption=__import__("json").loads(caption.to_json()), progress=table.progress(app_id),
-                until=cfg.until, failed_to_retry=failed, engine=make_engine(cfg).describe())
+                caption=dataclasses.asdict(caption), progress=table.progress(app_id),
+                until=cfg.until, retry_rows=table.failed_rows(cfg.source, caption.id),
+                engine=make_engine(cfg).describe())
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,7 +145,6 @@ class Reader:
         self.retry_rows = retry_rows
         self.meta: dict[int, RowMeta] = {}
         self.exhausted = False
-        self.last: tuple[str, int] | None = None  # (shard, offset) of the last main row read
 
     def _retry_samples(self) -> Iterator[tuple[int, Sample]]:
         if self.retry_rows.num_rows == 0:
@@ -185,7 +179,6 @@ class Reader:
         for shard in prefetched(self.shards[first:]):
             for sample in iter_shard(shard, start=offset):
                 yield index, sample
-                self.last = (sample.shard, sample.offset)
                 index += 1
                 if index >= self.until:
                     return
@@ -506,8 +499,7 @@ def run(cfg: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
         if plan.nothing_to_do:
             return RunResult(run_id, counts, 0, 0, time.time() - started, 0, "nothing to do", plan)
         skip = SkipIndex.from_arrow(table.captioned_hashes(plan.caption_config))
-        retry_rows = table.failed_rows(cfg.source, plan.caption_config)
-        reader = Reader(shards, plan.progress, cfg.until, skip, retry_rows)
+        reader = Reader(shards, plan.progress, cfg.until, skip, plan.retry_rows)
         journal.write("running", counts)
         chunks = reader.chunks()
         first = next(chunks, None)

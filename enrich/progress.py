@@ -7,10 +7,11 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
+from enrich.schemas import STATUSES
+
 if TYPE_CHECKING:
     from enrich.pipeline import Plan
 
-STATUSES = ("captioned", "duplicate", "rejected", "failed")
 
 
 @dataclass

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from enrich.errors import CommitError, RunLockedError, TableError
+from enrich.errors import CommitError, RunLockedError, TableError, one_line
 from enrich.schemas import CAPTIONS
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def retry(fn: Callable[[], T], *, what: str, attempts: int = 5, base: float = 0.
             if not _transient(exc) or attempt == attempts:
                 raise CommitError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
             delay = base * 2 ** (attempt - 1) * (0.5 + random.random())
-            log.warning("%s failed (%s), retry %d/%d in %.2fs", what, " ".join(str(exc).split()),
+            log.warning("%s failed (%s), retry %d/%d in %.2fs", what, one_line(str(exc)),
                         attempt, attempts - 1, delay)
             time.sleep(delay)
             if before_retry is not None and before_retry():
@@ -112,8 +112,8 @@ class CaptionsTable:
         dt = self._delta()
         if dt is None:
             return
-        have = pa.schema(dt.schema().to_arrow()) if hasattr(dt.schema(), "to_arrow") else None
-        if have is None or not _same_columns(have, CAPTIONS):
+        have = pa.schema(dt.schema().to_arrow())
+        if not _same_columns(have, CAPTIONS):
             raise TableError(f"--table {self.uri!r} is a Delta table with another schema "
                              f"({_describe_diff(have, CAPTIONS)}); enrich writes only captions tables")
 
@@ -270,20 +270,19 @@ def _sql_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def _kind(t: pa.DataType) -> object:
+    """A column type as the Delta log keeps it: string flavours and timestamp units are one."""
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return "string"
+    return "timestamp" if pa.types.is_timestamp(t) else t
+
+
 def _same_columns(have: pa.Schema, want: pa.Schema) -> bool:
-    if have.names != want.names:
-        return False
-    for a, b in zip(have, want, strict=False):
-        if a.type != b.type and not (pa.types.is_timestamp(a.type) and pa.types.is_timestamp(b.type)):
-            if not (pa.types.is_string(a.type) or pa.types.is_large_string(a.type)) or \
-                    not (pa.types.is_string(b.type) or pa.types.is_large_string(b.type)):
-                return False
-    return True
+    return have.names == want.names and all(
+        _kind(a.type) == _kind(b.type) for a, b in zip(have, want, strict=True))
 
 
-def _describe_diff(have: pa.Schema | None, want: pa.Schema) -> str:
-    if have is None:
-        return "unreadable schema"
+def _describe_diff(have: pa.Schema, want: pa.Schema) -> str:
     missing = [n for n in want.names if n not in have.names]
     extra = [n for n in have.names if n not in want.names]
     parts = []
