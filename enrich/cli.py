@@ -97,7 +97,7 @@ def build_run_parser() -> argparse.ArgumentParser:
     m.add_argument("--max-tokens", type=_pos_int, help="max generated tokens per caption (default 256)")
 
     e = p.add_argument_group("engine")
-    e.add_argument("--accelerator-type", help="GPU type of a replica (default L4)")
+    e.add_argument("--accelerator-type", help="GPU type of a replica (default L4), or cpu for vLLM's CPU backend")
     e.add_argument("--concurrency", type=_pos_int, help="engine replicas (default 1)")
     e.add_argument("--batch-size", type=_pos_int, help="rows per engine batch (default 64)")
     e.add_argument("--max-model-len", type=_pos_int, help="vLLM max_model_len (default 8192)")

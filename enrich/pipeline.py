@@ -357,6 +357,9 @@ def _configure_data_context() -> None:
     ctx.execution_options.preserve_order = True  # contiguous commits need source order
     ctx.enable_progress_bars = False  # our own progress line; Ray's bars garble it
     ctx.print_on_execution_start = False
+    # Ray Data's issue detectors print multi-paragraph memory advice into the run's output every
+    # 30 s (for the engine's CPU stages, whose ~0.5 GB per actor is expected): off.
+    ctx.issue_detectors_config.detectors = []
 
 
 class _Committer:
@@ -566,7 +569,10 @@ def _execute(cfg: RunConfig, table: CaptionsTable, plan: Plan, engine: Engine, r
             reader_error.append(exc)
             ray.get(feeder.finish.remote(j, f"source read failed: {type(exc).__name__}: {exc}"))
 
-    ds = ray.data.range(n_chunks, override_num_blocks=math.ceil(n_chunks / per_block))
+    # The chunk numbers, as blocks made here rather than by read tasks: `ray.data.range` runs
+    # read tasks of 1 CPU each, which cannot start once the engine's actors hold the CPUs.
+    ds: ray.data.Dataset = ray.data.from_items([{"id": j} for j in range(n_chunks)],
+                             override_num_blocks=math.ceil(n_chunks / per_block))
     ds = ds.map_batches(FetchChunks, fn_constructor_kwargs={"feeder_name": feeder_name},
                         # waiting on the feeder is all it does: no CPU reserved (on 2 cores a
                         # reserved slot here would starve prepare, FACTS.md)
@@ -574,7 +580,7 @@ def _execute(cfg: RunConfig, table: CaptionsTable, plan: Plan, engine: Engine, r
                         compute=ray.data.ActorPoolStrategy(size=1))
     ds = ds.map_batches(prepare_batch,  # type: ignore[arg-type]
                         fn_kwargs={"size": cfg.image_size}, batch_size=None,
-                        batch_format="pyarrow", num_cpus=1)
+                        batch_format="pyarrow", num_cpus=engine.prepare_cpus())
     ds = engine.apply(ds)
 
     thread = threading.Thread(target=feed, name="enrich-reader", daemon=True)

@@ -21,6 +21,16 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ["RAY_AUTH_MODE"] = "disabled"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """CI installs vLLM's CPU build and sets ENRICH_REQUIRE_VLLM=1: there the real-engine tests
+    must run, so a missing vllm is an error rather than a quiet skip."""
+    if os.environ.get("ENRICH_REQUIRE_VLLM") == "1":
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise pytest.UsageError("ENRICH_REQUIRE_VLLM=1 but vllm is not importable")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

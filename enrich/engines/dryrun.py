@@ -127,6 +127,9 @@ class DryRunEngine:
     def check_cluster(self) -> None:
         return None  # runs anywhere
 
+    def prepare_cpus(self) -> float:
+        return 1.0  # its replicas reserve no CPU
+
     def apply(self, ds: ray.data.Dataset) -> ray.data.Dataset:
         import ray.data
 

@@ -15,7 +15,9 @@ an error.
 from __future__ import annotations
 
 import base64
+import os
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from enrich.errors import NoAcceleratorError, UsageError
@@ -45,14 +47,70 @@ ENGINE_DEFAULTS: dict[str, Any] = {
 }
 
 
+# --accelerator-type cpu: the replica runs vLLM's CPU backend. There vLLM reads
+# gpu_memory_utilization as a share of host RAM (0.9 of it!), so the KV cache is sized explicitly.
+CPU = "cpu"
+CPU_KV_CACHE_BYTES = 512 * 2**20
+# Ray Data LLM's CPU stages (prepare-multimodal, chat template, tokenize, detokenize): one actor
+# pool each, sized like the engine's. Their work per row is small (a 225² JPEG decode, a template,
+# a tokenizer call), so they reserve a fraction of a CPU; see CpuPlan.
+CPU_STAGES = ("prepare_multimodal_stage", "chat_template_stage", "tokenize_stage",
+              "detokenize_stage")
+
+
+def is_cpu(accelerator_type: str | None) -> bool:
+    return (accelerator_type or "").lower() == CPU
+
+
+@dataclass(frozen=True)
+class CpuPlan:
+    """What each part of a run reserves of the cluster's CPUs, so that every stage can start.
+
+    Ray admits an actor or task only when its ``num_cpus`` are free, and actors keep theirs for
+    the whole run. With Ray Data LLM's defaults (1 CPU per stage actor) a run needs
+    replicas x 5 + 1 CPUs before the first row moves, and on fewer it waits forever (FACTS.md).
+    Here: each engine replica keeps one CPU (on a GPU node for its Python loop, on the CPU
+    backend for the model); the CPU stages' actors share at most half of what is left; every
+    task (enrich's prepare, the pre/post-processing maps) fits in what the actors leave free, so
+    one of each can always run."""
+
+    total: float
+    replicas: int
+    replica: float = 1.0
+    stage_actor: float = 0.0
+    prepare_task: float = 0.0
+    map_task: float = 0.0
+
+    @classmethod
+    def fit(cls, total: float, replicas: int) -> CpuPlan:
+        free = total - replicas * 1.0
+        if free < 0.5:
+            raise UsageError(
+                f"--engine vllm with --concurrency {replicas} needs at least {replicas + 0.5:g} "
+                f"CPUs (1 per replica plus 0.5 for the CPU stages), the Ray cluster has {total:g}; "
+                "give it more (--num-cpus) or lower --concurrency")
+        n_actors = len(CPU_STAGES) * replicas
+        stage_actor = min(1.0, free / 2 / n_actors)
+        left = free - n_actors * stage_actor
+        return cls(total=total, replicas=replicas, stage_actor=round(stage_actor, 4),
+                   prepare_task=round(min(1.0, left), 4), map_task=round(min(0.25, left), 4))
+
+    @property
+    def reserved(self) -> float:
+        return self.replicas * self.replica + len(CPU_STAGES) * self.replicas * self.stage_actor
+
+
 def image_tokens(size: int) -> int:
     """Image tokens Qwen2.5-VL spends on a size x size image (plus 2 marker tokens)."""
     side = max(QWEN_FACTOR, round(size / QWEN_FACTOR) * QWEN_FACTOR)
     return (side // QWEN_FACTOR) ** 2
 
 
-def processor_config_kwargs(cfg: RunConfig) -> dict[str, Any]:
+def processor_config_kwargs(cfg: RunConfig, cpus: CpuPlan | None = None) -> dict[str, Any]:
     """The exact keyword arguments for ``vLLMEngineProcessorConfig`` (JSON-able, for --plan)."""
+    # Without a plan fitted to a cluster: a nominal one, as if every stage had a CPU of its own.
+    cpus = cpus or CpuPlan.fit(max(local_cpus(cfg), cfg.concurrency * 5 + 1.0), cfg.concurrency)
+    on_cpu = is_cpu(cfg.accelerator_type)
     side = max(QWEN_FACTOR, round(cfg.image_size / QWEN_FACTOR) * QWEN_FACTOR)
     # Tell vLLM the largest image it will see: one image per prompt, at most side x side pixels.
     # Without this it profiles and reserves memory for a ~16k-token worst-case image.
@@ -64,7 +122,15 @@ def processor_config_kwargs(cfg: RunConfig) -> dict[str, Any]:
         "limit_mm_per_prompt": {"image": 1},
         "mm_processor_kwargs": mm_processor_kwargs,
     }
+    if on_cpu:
+        del engine_kwargs["gpu_memory_utilization"]
+        engine_kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
     engine_kwargs.update(dict(cfg.engine_kwargs))
+    stage = {"enabled": True, "num_cpus": cpus.stage_actor}
+    placement: dict[str, Any] = {}
+    if on_cpu:
+        # No GPU in the replica's resources: one CPU bundle per replica instead.
+        placement = {"placement_group_config": {"bundles": [{"CPU": cpus.replica}]}}
     return {
         "model_source": cfg.model,
         "engine_kwargs": engine_kwargs,
@@ -72,23 +138,29 @@ def processor_config_kwargs(cfg: RunConfig) -> dict[str, Any]:
         # (n, n): a fixed pool of n replicas. A bare n lets Ray autoscale from 1 to n, and each
         # replica that scales in and out again reloads the model.
         "concurrency": [cfg.concurrency, cfg.concurrency],
-        "accelerator_type": cfg.accelerator_type,
+        "accelerator_type": None if on_cpu else cfg.accelerator_type,
+        **placement,
         # Rows whose generation raises become `failed` rows instead of ending the run.
         "should_continue_on_error": True,
         # Several batches in flight per replica, so the GPU never waits on the next batch.
         "max_concurrent_batches": 4,
         "prepare_multimodal_stage": {
-            "enabled": True,
+            **stage,
             "model_config_kwargs": {
                 "revision": cfg.model_revision,
                 "limit_mm_per_prompt": {"image": 1},
                 "mm_processor_kwargs": mm_processor_kwargs,
             },
         },
-        "chat_template_stage": {"enabled": True},
-        "tokenize_stage": {"enabled": True},
-        "detokenize_stage": {"enabled": True},
+        "chat_template_stage": dict(stage),
+        "tokenize_stage": dict(stage),
+        "detokenize_stage": dict(stage),
     }
+
+
+def local_cpus(cfg: RunConfig) -> float:
+    """The CPUs a local Ray gets (as enrich starts it); --plan's estimate before Ray runs."""
+    return float(cfg.num_cpus or max(2, os.cpu_count() or 2))
 
 
 def sampling_params(cfg: RunConfig) -> dict[str, Any]:
@@ -175,20 +247,47 @@ def normalize_row(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _quiet_start_up() -> None:
+    """Start-up chatter that says nothing to an operator, at INFO/WARNING in the driver:
+    ``build_processor`` calls ``ray.init()`` on a connected driver ("Calling ray.init() again"),
+    Ray Data LLM reports that no cloud mirror is configured, and importing vllm on a host
+    without a GPU Triton warns that Triton is disabled. Errors still show."""
+    import logging
+
+    logging.getLogger("ray._private.worker").setLevel(logging.WARNING)
+    logging.getLogger("ray.llm").setLevel(logging.WARNING)
+    logging.getLogger("ray.llm._internal.common.utils.download_utils").setLevel(logging.WARNING)
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # the driver's vllm import only
+
+
 class VLLMEngine:
     name = "vllm"
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
+        self.cpus: CpuPlan | None = None  # fitted to the cluster by check_cluster
+
+    def _cpu_plan(self) -> CpuPlan:
+        if self.cpus is not None:
+            return self.cpus
+        if self.cfg.ray_address:  # the cluster's size is known only once connected
+            return CpuPlan.fit(max(local_cpus(self.cfg), self.cfg.concurrency * 5 + 1.0),
+                               self.cfg.concurrency)
+        return CpuPlan.fit(local_cpus(self.cfg), self.cfg.concurrency)
 
     def describe(self) -> dict[str, Any]:
         tp = int(self.cfg.engine_kwargs.get("tensor_parallel_size", 1))
         pp = int(self.cfg.engine_kwargs.get("pipeline_parallel_size", 1))
+        cpus = self._cpu_plan()
         return {
             "engine": "vllm",
-            "processor_config": processor_config_kwargs(self.cfg),
+            "device": "cpu" if is_cpu(self.cfg.accelerator_type) else "gpu",
+            "processor_config": processor_config_kwargs(self.cfg, cpus),
             "sampling_params": sampling_params(self.cfg),
-            "gpus_per_replica": tp * pp,
+            "gpus_per_replica": 0 if is_cpu(self.cfg.accelerator_type) else tp * pp,
+            "cpus": {"cluster": cpus.total, "per_replica": cpus.replica,
+                     "per_cpu_stage_actor": cpus.stage_actor, "per_prepare_task": cpus.prepare_task,
+                     "per_map_task": cpus.map_task},
             "image_tokens_per_image": image_tokens(self.cfg.image_size),
         }
 
@@ -197,12 +296,16 @@ class VLLMEngine:
             from ray.data.llm import vLLMEngineProcessorConfig
         except ImportError as exc:
             raise UsageError(f"--engine vllm needs Ray Data LLM: pip install 'enrich[gpu]' ({exc})") from None
-        return vLLMEngineProcessorConfig(**processor_config_kwargs(self.cfg))
+        return vLLMEngineProcessorConfig(**processor_config_kwargs(self.cfg, self._cpu_plan()))
 
     def check_cluster(self) -> None:
-        """Ray waits forever for a GPU that no node has (FACTS.md): look before we ask."""
+        """Ray waits forever for a GPU that no node has, or for CPUs that its actors already hold
+        (FACTS.md): look before we ask, and size the CPU stages to the cluster."""
         import ray
 
+        self.cpus = CpuPlan.fit(float(ray.cluster_resources().get("CPU", 0)), self.cfg.concurrency)
+        if is_cpu(self.cfg.accelerator_type):
+            return
         acc = self.cfg.accelerator_type
         need = self.describe()["gpus_per_replica"]
         deadline = time.monotonic() + self.cfg.gpu_wait_s
@@ -218,18 +321,24 @@ class VLLMEngine:
                 raise NoAcceleratorError(
                     f"--engine vllm needs {need} GPU(s) of type {acc} per replica, but the Ray "
                     f"cluster has {gpus:g} (accelerator types present: {', '.join(seen) or 'none'}); "
-                    "use --accelerator-type, --gpu-wait for autoscaling clusters, or "
-                    "--engine dry-run")
+                    "use --accelerator-type (cpu for vLLM's CPU backend), --gpu-wait for "
+                    "autoscaling clusters, or --engine dry-run")
             time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
 
+    def prepare_cpus(self) -> float:
+        return self._cpu_plan().prepare_task
+
     def apply(self, ds: ray.data.Dataset) -> ray.data.Dataset:
+        _quiet_start_up()
         from ray.data.llm import build_processor
 
         cfg = self.cfg
+        light: dict[str, Any] = {"num_cpus": self._cpu_plan().map_task}
         processor = build_processor(
             self.processor_config(),
             preprocess=Preprocess(size=cfg.image_size, system_prompt=cfg.system_prompt,
                                   prompt=cfg.prompt, params=sampling_params(cfg)),
             postprocess=Postprocess(max_tokens=cfg.max_tokens),
+            preprocess_map_kwargs=light, postprocess_map_kwargs=light,
         )
-        return processor(ds).map(normalize_row)
+        return processor(ds).map(normalize_row, num_cpus=light["num_cpus"])
