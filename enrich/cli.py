@@ -98,7 +98,10 @@ def build_run_parser() -> argparse.ArgumentParser:
 
     e = p.add_argument_group("engine")
     e.add_argument("--accelerator-type", help="GPU type of a replica (default L4), or cpu for vLLM's CPU backend")
-    e.add_argument("--concurrency", type=_pos_int, help="engine replicas (default 1)")
+    e.add_argument("--concurrency", type=_pos_int, help="GPUs, i.e. groups of engine replicas (default 1)")
+    e.add_argument("--replicas-per-gpu", type=_pos_int,
+                   help="vLLM engines sharing one GPU, each with 1/N of its memory (default: 3 on "
+                   "H100/H200/A100-80G, as measured best, else 1)")
     e.add_argument("--batch-size", type=_pos_int, help="rows per engine batch (default 64)")
     e.add_argument("--max-model-len", type=_pos_int, help="vLLM max_model_len (default 8192)")
     e.add_argument("--engine-kwargs", type=_json_object, metavar="JSON",

@@ -31,6 +31,12 @@ DEFAULT_PROMPT = (
 )
 DRY_RUN_MODEL = "dry-run"
 
+# vLLM engines per GPU when --replicas-per-gpu is not given. Measured on one H100 80GB with
+# Qwen2.5-VL-3B (PERFORMANCE.md, benchmarks/results-gpu.json): one engine kept the GPU 37% busy
+# (88 captions/s), two 95% (234/s), three 99% (308/s): one engine's scheduler loop, not the GPU,
+# was the bound. Three engines need ~3 x 16 GB; 80 GB cards only. An L4 (24 GB) holds one.
+REPLICAS_PER_GPU: dict[str, int] = {"H100": 3, "H200": 3, "A100-80G": 3}
+
 EngineName = Literal["vllm", "dry-run"]
 ENGINES: tuple[str, ...] = ("vllm", "dry-run")
 
@@ -85,6 +91,7 @@ class RunConfig:
     max_model_len: int = 8192
     accelerator_type: str = "L4"
     concurrency: int = 1
+    replicas_per_gpu: int = 0  # 0: as measured best for the accelerator (REPLICAS_PER_GPU)
     batch_size: int = 64
     engine_kwargs: Mapping[str, Any] = field(default_factory=dict)
     gpu_wait_s: float = 0.0
@@ -108,6 +115,8 @@ class RunConfig:
             raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if not 28 <= self.image_size <= 2048:
             raise UsageError(f"--image-size must be between 28 and 2048, got {self.image_size}")
+        if self.replicas_per_gpu < 0:
+            raise UsageError(f"--replicas-per-gpu must be >= 1, got {self.replicas_per_gpu}")
         for name in ("concurrency", "batch_size", "commit_every", "max_tokens", "max_model_len"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -136,6 +145,24 @@ class RunConfig:
             max_tokens=self.max_tokens,
             image_size=self.image_size,
         )
+
+    @property
+    def gpu_share(self) -> int:
+        """vLLM engines per GPU: --replicas-per-gpu, else the measured best for the accelerator."""
+        if self.replicas_per_gpu >= 1:
+            return self.replicas_per_gpu
+        if self.engine != "vllm" or self.accelerator_type.lower() == "cpu":
+            return 1
+        parallel = int(self.engine_kwargs.get("tensor_parallel_size", 1)) * int(
+            self.engine_kwargs.get("pipeline_parallel_size", 1))
+        if parallel > 1:
+            return 1
+        return REPLICAS_PER_GPU.get(self.accelerator_type, 1)
+
+    @property
+    def replicas(self) -> int:
+        """Engine replicas in all: --concurrency GPUs (or CPU slots) x engines per GPU."""
+        return self.concurrency * self.gpu_share
 
     def public_dict(self) -> dict[str, Any]:
         """The config as plain JSON-able values (no secrets are ever part of it)."""

@@ -326,7 +326,7 @@ class FetchChunks:
 def chunks_in_flight(cfg: RunConfig) -> int:
     """How many chunks may be between the reader and the committer: enough to keep every engine
     replica's queue full (4 batches in flight per replica) plus the prepare stage busy."""
-    engine_rows = cfg.concurrency * cfg.batch_size * 4
+    engine_rows = cfg.replicas * cfg.batch_size * 4
     return MIN_CHUNKS_IN_FLIGHT + math.ceil(engine_rows / CHUNK_ROWS)
 
 

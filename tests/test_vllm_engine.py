@@ -25,6 +25,7 @@ from enrich.engines.vllm import (
     normalize_row,
     processor_config_kwargs,
 )
+from enrich.errors import UsageError
 from tests.conftest import cli
 
 SIZE = 225
@@ -176,3 +177,31 @@ def test_plan_for_vllm_prints_an_accepted_processor_config(tmp_path: Path) -> No
     assert plan["caption"]["temperature"] == 0.3 and plan["caption"]["max_tokens"] == 256
     llm = pytest.importorskip("ray.data.llm")
     llm.vLLMEngineProcessorConfig(**pc)
+
+
+def test_engines_per_gpu_default_to_the_measured_best() -> None:
+    def share(**kw: object) -> int:
+        return RunConfig(until=1, engine="vllm", **kw).gpu_share  # type: ignore[arg-type]
+
+    assert share() == 1  # L4: one engine fits its 24 GB
+    assert share(accelerator_type="H100") == 3 and share(accelerator_type="H100", concurrency=2) == 3
+    assert RunConfig(until=1, engine="vllm", accelerator_type="H100", concurrency=2).replicas == 6
+    assert share(accelerator_type="H100", replicas_per_gpu=2) == 2
+    assert share(accelerator_type="H100", engine_kwargs={"tensor_parallel_size": 2}) == 1
+    assert share(accelerator_type="cpu") == 1
+    assert RunConfig(until=1, engine="dry-run", accelerator_type="H100").replicas == 1
+
+
+def test_shared_gpu_engines_get_a_share_and_a_fixed_kv_cache() -> None:
+    cfg = RunConfig(until=1, engine="vllm", accelerator_type="H100", concurrency=2)
+    kw = processor_config_kwargs(cfg)
+    assert tuple(kw["concurrency"]) == (6, 6)  # 2 GPUs x 3 engines, a fixed pool
+    assert kw["placement_group_config"] == {"bundles": [{"GPU": 0.3333, "CPU": 1.0}]}
+    assert kw["engine_kwargs"]["gpu_memory_utilization"] == 0.3
+    assert kw["engine_kwargs"]["kv_cache_memory_bytes"] == 6 * 2**30
+    with pytest.raises(UsageError, match="tensor or pipeline"):
+        processor_config_kwargs(RunConfig(until=1, engine="vllm", accelerator_type="H100",
+                                          replicas_per_gpu=2,
+                                          engine_kwargs={"tensor_parallel_size": 2}))
+    one = processor_config_kwargs(RunConfig(until=1, engine="vllm"))  # L4: one whole GPU
+    assert "placement_group_config" not in one and "kv_cache_memory_bytes" not in one["engine_kwargs"]

@@ -51,6 +51,9 @@ ENGINE_DEFAULTS: dict[str, Any] = {
 # gpu_memory_utilization as a share of host RAM (0.9 of it!), so the KV cache is sized explicitly.
 CPU = "cpu"
 CPU_KV_CACHE_BYTES = 512 * 2**20
+# KV cache of each engine when several share a GPU (--replicas-per-gpu > 1): 6 GiB is ~170k
+# tokens of Qwen2.5-VL-3B (36 KB each), ~3x what max_num_seqs 256 captions of ~220 tokens hold.
+SHARED_GPU_KV_BYTES = 6 * 2**30
 # Ray Data LLM's CPU stages (prepare-multimodal, chat template, tokenize, detokenize): one actor
 # pool each, sized like the engine's. Their work per row is small (a 225² JPEG decode, a template,
 # a tokenizer call), so they reserve a fraction of a CPU; see CpuPlan.
@@ -86,9 +89,9 @@ class CpuPlan:
         free = total - replicas * 1.0
         if free < 0.5:
             raise UsageError(
-                f"--engine vllm with --concurrency {replicas} needs at least {replicas + 0.5:g} "
+                f"--engine vllm with {replicas} replica(s) needs at least {replicas + 0.5:g} "
                 f"CPUs (1 per replica plus 0.5 for the CPU stages), the Ray cluster has {total:g}; "
-                "give it more (--num-cpus) or lower --concurrency")
+                "give it more (--num-cpus) or lower --concurrency / --replicas-per-gpu")
         n_actors = len(CPU_STAGES) * replicas
         stage_actor = min(1.0, free / 2 / n_actors)
         left = free - n_actors * stage_actor
@@ -109,7 +112,7 @@ def image_tokens(size: int) -> int:
 def processor_config_kwargs(cfg: RunConfig, cpus: CpuPlan | None = None) -> dict[str, Any]:
     """The exact keyword arguments for ``vLLMEngineProcessorConfig`` (JSON-able, for --plan)."""
     # Without a plan fitted to a cluster: a nominal one, as if every stage had a CPU of its own.
-    cpus = cpus or CpuPlan.fit(max(local_cpus(cfg), cfg.concurrency * 5 + 1.0), cfg.concurrency)
+    cpus = cpus or CpuPlan.fit(max(local_cpus(cfg), cfg.replicas * 5 + 1.0), cfg.replicas)
     on_cpu = is_cpu(cfg.accelerator_type)
     side = max(QWEN_FACTOR, round(cfg.image_size / QWEN_FACTOR) * QWEN_FACTOR)
     # Tell vLLM the largest image it will see: one image per prompt, at most side x side pixels.
@@ -122,22 +125,37 @@ def processor_config_kwargs(cfg: RunConfig, cpus: CpuPlan | None = None) -> dict
         "limit_mm_per_prompt": {"image": 1},
         "mm_processor_kwargs": mm_processor_kwargs,
     }
+    share = cfg.gpu_share
     if on_cpu:
         del engine_kwargs["gpu_memory_utilization"]
         engine_kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+    elif share > 1:
+        # N engines on one GPU, so N scheduler loops feed it (PERFORMANCE.md: one engine's loop is
+        # the bound). Each is told its share of the memory, and its KV cache size outright: vLLM
+        # sizes the cache by profiling the memory in use, and engines that start together see
+        # each other's allocations there ("No available memory for the cache blocks", measured
+        # on an H100). SHARED_GPU_KV_BYTES holds max_num_seqs x ~220-token captions many times.
+        engine_kwargs["gpu_memory_utilization"] = round(ENGINE_DEFAULTS["gpu_memory_utilization"] / share, 3)
+        engine_kwargs["kv_cache_memory_bytes"] = SHARED_GPU_KV_BYTES
     engine_kwargs.update(dict(cfg.engine_kwargs))
+    if share > 1 and int(engine_kwargs.get("tensor_parallel_size", 1)) * int(
+            engine_kwargs.get("pipeline_parallel_size", 1)) > 1:
+        raise UsageError("--replicas-per-gpu > 1 cannot be combined with tensor or pipeline parallelism")
     stage = {"enabled": True, "num_cpus": cpus.stage_actor}
     placement: dict[str, Any] = {}
     if on_cpu:
         # No GPU in the replica's resources: one CPU bundle per replica instead.
         placement = {"placement_group_config": {"bundles": [{"CPU": cpus.replica}]}}
+    elif share > 1:
+        placement = {"placement_group_config": {"bundles": [{"GPU": round(1 / share, 4),
+                                                             "CPU": cpus.replica}]}}
     return {
         "model_source": cfg.model,
         "engine_kwargs": engine_kwargs,
         "batch_size": cfg.batch_size,
         # (n, n): a fixed pool of n replicas. A bare n lets Ray autoscale from 1 to n, and each
         # replica that scales in and out again reloads the model.
-        "concurrency": [cfg.concurrency, cfg.concurrency],
+        "concurrency": [cfg.replicas, cfg.replicas],
         "accelerator_type": None if on_cpu else cfg.accelerator_type,
         **placement,
         # Rows whose generation raises become `failed` rows instead of ending the run.
@@ -271,9 +289,9 @@ class VLLMEngine:
         if self.cpus is not None:
             return self.cpus
         if self.cfg.ray_address:  # the cluster's size is known only once connected
-            return CpuPlan.fit(max(local_cpus(self.cfg), self.cfg.concurrency * 5 + 1.0),
-                               self.cfg.concurrency)
-        return CpuPlan.fit(local_cpus(self.cfg), self.cfg.concurrency)
+            return CpuPlan.fit(max(local_cpus(self.cfg), self.cfg.replicas * 5 + 1.0),
+                               self.cfg.replicas)
+        return CpuPlan.fit(local_cpus(self.cfg), self.cfg.replicas)
 
     def describe(self) -> dict[str, Any]:
         tp = int(self.cfg.engine_kwargs.get("tensor_parallel_size", 1))
@@ -284,7 +302,8 @@ class VLLMEngine:
             "device": "cpu" if is_cpu(self.cfg.accelerator_type) else "gpu",
             "processor_config": processor_config_kwargs(self.cfg, cpus),
             "sampling_params": sampling_params(self.cfg),
-            "gpus_per_replica": 0 if is_cpu(self.cfg.accelerator_type) else tp * pp,
+            "gpus_per_replica": 0 if is_cpu(self.cfg.accelerator_type) else tp * pp / self.cfg.gpu_share,
+            "replicas": self.cfg.replicas,
             "cpus": {"cluster": cpus.total, "per_replica": cpus.replica,
                      "per_cpu_stage_actor": cpus.stage_actor, "per_prepare_task": cpus.prepare_task,
                      "per_map_task": cpus.map_task},
@@ -303,11 +322,11 @@ class VLLMEngine:
         (FACTS.md): look before we ask, and size the CPU stages to the cluster."""
         import ray
 
-        self.cpus = CpuPlan.fit(float(ray.cluster_resources().get("CPU", 0)), self.cfg.concurrency)
+        self.cpus = CpuPlan.fit(float(ray.cluster_resources().get("CPU", 0)), self.cfg.replicas)
         if is_cpu(self.cfg.accelerator_type):
             return
         acc = self.cfg.accelerator_type
-        need = self.describe()["gpus_per_replica"]
+        need = self.describe()["gpus_per_replica"] * self.cfg.replicas
         deadline = time.monotonic() + self.cfg.gpu_wait_s
         while True:
             nodes = [n for n in ray.nodes() if n.get("Alive")]
@@ -319,7 +338,7 @@ class VLLMEngine:
                 seen = sorted({k.split(":", 1)[1] for n in nodes for k in n["Resources"]
                                if k.startswith("accelerator_type:")})
                 raise NoAcceleratorError(
-                    f"--engine vllm needs {need} GPU(s) of type {acc} per replica, but the Ray "
+                    f"--engine vllm needs {need:g} GPU(s) of type {acc}, but the Ray "
                     f"cluster has {gpus:g} (accelerator types present: {', '.join(seen) or 'none'}); "
                     "use --accelerator-type (cpu for vLLM's CPU backend), --gpu-wait for "
                     "autoscaling clusters, or --engine dry-run")
