@@ -273,8 +273,15 @@ def _quiet_start_up() -> None:
     import logging
 
     logging.getLogger("ray._private.worker").setLevel(logging.WARNING)
-    logging.getLogger("ray.llm").setLevel(logging.WARNING)
-    logging.getLogger("ray.llm._internal.common.utils.download_utils").setLevel(logging.WARNING)
+    # Ray Data LLM gives each of its loggers an INFO console handler of its own, unless the
+    # "ray.llm" logger already has a handler: give it one, so they all defer to its level.
+    llm = logging.getLogger("ray.llm")
+    llm.setLevel(logging.WARNING)
+    if not llm.handlers:
+        llm.addHandler(logging.NullHandler())
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("ray.llm."):
+            logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # the driver's vllm import only
 
 
