@@ -38,18 +38,23 @@ def is_valid_image(row: dict) -> bool:  # the tutorial's filter: a header-only c
         return False
 
 
+def tutorial_messages(image_part: dict) -> list[dict]:
+    """The tutorial's chat messages around one image content part."""
+    return [
+        {"role": "system", "content": "You are a helpful assistant that generates accurate "
+         "and descriptive captions for images."},
+        {"role": "user", "content": [
+            {"type": "text", "text": "Describe this image in detail. Focus on the main "
+             "subjects, actions, and setting."},
+            image_part,
+        ]},
+    ]
+
+
 def preprocess(row: dict) -> dict:  # the tutorial's preprocess: PIL resize, PIL in the message
     image = Image.open(BytesIO(row["jpg"]["bytes"])).convert("RGB").resize((SIZE, SIZE))
     return {
-        "messages": [
-            {"role": "system", "content": "You are a helpful assistant that generates accurate "
-             "and descriptive captions for images."},
-            {"role": "user", "content": [
-                {"type": "text", "text": "Describe this image in detail. Focus on the main "
-                 "subjects, actions, and setting."},
-                {"type": "image", "image": image},
-            ]},
-        ],
+        "messages": tutorial_messages({"type": "image", "image": image}),
         "sampling_params": {"temperature": 0.3, "max_tokens": 256},
     }
 

@@ -23,6 +23,7 @@ from io import BytesIO
 
 import ray
 from PIL import Image
+from tutorial_baseline import tutorial_messages  # this folder is on sys.path when run as a script
 
 SIZE = 225
 
@@ -38,15 +39,7 @@ def is_valid_image(row: dict) -> bool:  # the tutorial's filter: a header-only c
 def preprocess(row: dict) -> dict:
     image = Image.open(BytesIO(row["jpg"])).convert("RGB").resize((SIZE, SIZE))
     return {
-        "messages": [
-            {"role": "system", "content": "You are a helpful assistant that generates accurate "
-             "and descriptive captions for images."},
-            {"role": "user", "content": [
-                {"type": "text", "text": "Describe this image in detail. Focus on the main "
-                 "subjects, actions, and setting."},
-                {"type": "image_pil", "image_pil": image},
-            ]},
-        ],
+        "messages": tutorial_messages({"type": "image_pil", "image_pil": image}),
         "sampling_params": {"temperature": 0.3, "max_tokens": 100, "ignore_eos": True},
     }
 

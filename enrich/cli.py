@@ -11,60 +11,16 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
 
+from enrich.args import Parser, json_object, nonneg_float, nonneg_int, pos_int
 from enrich.config import ENGINES
 from enrich.errors import EnrichError, UsageError, one_line
 
 COMMANDS = ("status", "sql", "compact", "gallery")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr and exit code 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        value = int(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _pos_int(text: str) -> int:
-    value = _nonneg_int(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be >= 1")
-    return value
-
-
-def _nonneg_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({exc.msg})") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"max_num_seqs\": 128}'")
-    return value
-
-
 def build_run_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = Parser(
         prog="enrich",
         description="Caption the first N images of a webdataset stream with a vision-language "
         "model on Ray and append them to a Delta table, exactly once. Run it again with the same "
@@ -72,7 +28,7 @@ def build_run_parser() -> argparse.ArgumentParser:
         " (enrich COMMAND --help).",
     )
     g = p.add_argument_group("what to do")
-    g.add_argument("--until", type=_nonneg_int, metavar="N",
+    g.add_argument("--until", type=nonneg_int, metavar="N",
                    help="cover the first N rows of the source's canonical stream (required)")
     g.add_argument("--source", help="hub dataset id (default BLIP3o/BLIP3o-Pretrain-Short-Caption), "
                    "a directory or glob of webdataset .tar shards, an fsspec URL, or 'sample' "
@@ -80,7 +36,7 @@ def build_run_parser() -> argparse.ArgumentParser:
     g.add_argument("--table", help="Delta table path or s3:// gs:// az:// URI (default ./captions)")
     g.add_argument("--engine", choices=ENGINES,
                    help="caption engine (default vllm); dry-run is a deterministic CPU engine")
-    g.add_argument("--image-size", type=_pos_int, metavar="PX",
+    g.add_argument("--image-size", type=pos_int, metavar="PX",
                    help="images are resized to PX x PX before captioning (default 225)")
     g.add_argument("--plan", action="store_true",
                    help="print the resolved plan as JSON and exit; reads no image, writes nothing")
@@ -93,36 +49,36 @@ def build_run_parser() -> argparse.ArgumentParser:
     m.add_argument("--model-revision", help="model revision on the hub (default main)")
     m.add_argument("--system-prompt", help="system prompt (default: the tutorial's)")
     m.add_argument("--prompt", help="user prompt sent with each image (default: the tutorial's)")
-    m.add_argument("--temperature", type=_nonneg_float, help="sampling temperature (default 0.3)")
-    m.add_argument("--max-tokens", type=_pos_int, help="max generated tokens per caption (default 256)")
+    m.add_argument("--temperature", type=nonneg_float, help="sampling temperature (default 0.3)")
+    m.add_argument("--max-tokens", type=pos_int, help="max generated tokens per caption (default 256)")
 
     e = p.add_argument_group("engine")
     e.add_argument("--accelerator-type", help="GPU type of a replica (default L4), or cpu for vLLM's CPU backend")
-    e.add_argument("--concurrency", type=_pos_int, help="GPUs, i.e. groups of engine replicas (default 1)")
-    e.add_argument("--replicas-per-gpu", type=_pos_int,
+    e.add_argument("--concurrency", type=pos_int, help="GPUs, i.e. groups of engine replicas (default 1)")
+    e.add_argument("--replicas-per-gpu", type=pos_int,
                    help="vLLM engines sharing one GPU, each with 1/N of its memory (default: 3 on "
                    "H100/H200/A100-80G, as measured best, else 1)")
-    e.add_argument("--batch-size", type=_pos_int, help="rows per engine batch (default 64)")
-    e.add_argument("--max-model-len", type=_pos_int, help="vLLM max_model_len (default 8192)")
-    e.add_argument("--engine-kwargs", type=_json_object, metavar="JSON",
+    e.add_argument("--batch-size", type=pos_int, help="rows per engine batch (default 64)")
+    e.add_argument("--max-model-len", type=pos_int, help="vLLM max_model_len (default 8192)")
+    e.add_argument("--engine-kwargs", type=json_object, metavar="JSON",
                    help="extra vLLM engine arguments as a JSON object (tensor_parallel_size, "
                    "quantization, max_num_seqs, ...)")
-    e.add_argument("--gpu-wait", dest="gpu_wait_s", type=_nonneg_float, metavar="S",
+    e.add_argument("--gpu-wait", dest="gpu_wait_s", type=nonneg_float, metavar="S",
                    help="how long to wait for a node with the accelerator to join (autoscaling "
                    "clusters); default 0: fail at once when none is there")
-    e.add_argument("--dry-run-ms-per-image", type=_nonneg_float, metavar="MS",
+    e.add_argument("--dry-run-ms-per-image", type=nonneg_float, metavar="MS",
                    help="time the dry-run engine spends per image (default 0)")
 
     r = p.add_argument_group("run")
-    r.add_argument("--commit-every", type=_pos_int, metavar="ROWS",
+    r.add_argument("--commit-every", type=pos_int, metavar="ROWS",
                    help="commit to the table every ROWS rows (default 2000)")
-    r.add_argument("--commit-seconds", type=_nonneg_float, metavar="S",
+    r.add_argument("--commit-seconds", type=nonneg_float, metavar="S",
                    help="...or every S seconds, whichever comes first (default 60)")
     r.add_argument("--checkpoint-dir", metavar="DIR",
                    help="where run journals go (default ./checkpoints)")
     r.add_argument("--ray-address", metavar="ADDR",
                    help="existing Ray cluster to use (default: $RAY_ADDRESS, else a local Ray)")
-    r.add_argument("--num-cpus", type=_pos_int, help="CPUs of the local Ray (default: all cores)")
+    r.add_argument("--num-cpus", type=pos_int, help="CPUs of the local Ray (default: all cores)")
     return p
 
 
@@ -134,7 +90,7 @@ def _run_main(argv: Sequence[str]) -> int:
     cfg = resolve(flags, config_file=args.config)
     if args.plan:
         from enrich.config import storage_options_from_env
-        from enrich.pipeline import make_plan
+        from enrich.plan import make_plan
         from enrich.sink import CaptionsTable
 
         plan = make_plan(cfg, CaptionsTable(cfg.table, storage_options=storage_options_from_env()))
@@ -150,7 +106,7 @@ def _run_main(argv: Sequence[str]) -> int:
     result = run(cfg, reporter=reporter)
     if result.outcome.startswith("nothing to do"):
         print(f"enrich: nothing to do: the table already covers rows 0.."
-              f"{result.plan.progress.next_index - 1} of {cfg.source} under "
+              f"{result.plan.progress.next_index - 1} of {result.plan.source} under "
               f"{result.plan.caption_config}"
               + (" (the source is exhausted)" if result.plan.progress.exhausted
                  or "exhausted" in result.outcome else ""), file=sys.stderr)

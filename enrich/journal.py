@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from enrich.config import RunConfig
-    from enrich.pipeline import Plan
+    from enrich.plan import Plan
     from enrich.progress import Counts
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from enrich.cli import _nonneg_float, _Parser, _pos_int
+from enrich.args import Parser, nonneg_float, pos_int
 from enrich.config import storage_options_from_env
 from enrich.errors import RunLockedError, TableError, UsageError
 from enrich.journal import read_journals
@@ -85,7 +85,7 @@ def _render(table: pa.Table, fmt: str, out: Any) -> None:
 
 # -- status ------------------------------------------------------------------------------------
 def status(argv: Sequence[str]) -> int:
-    p = _Parser(prog="enrich status", description="Where the table stands: rows by caption "
+    p = Parser(prog="enrich status", description="Where the table stands: rows by caption "
                 "config and status, resume positions, recent runs, table version and file count.")
     _common(p)
     p.add_argument("--format", choices=("table", "json"), default="table", help="output format")
@@ -134,7 +134,7 @@ def _ts(t: float | None) -> str | None:
 
 # -- sql ---------------------------------------------------------------------------------------
 def sql(argv: Sequence[str]) -> int:
-    p = _Parser(prog="enrich sql", description="Run DuckDB SQL over the table, visible as "
+    p = Parser(prog="enrich sql", description="Run DuckDB SQL over the table, visible as "
                 "`captions` (offline: no DuckDB extension download).")
     p.add_argument("query", help='e.g. "SELECT status, count(*) FROM captions GROUP BY 1"')
     _common(p)
@@ -155,14 +155,14 @@ def sql(argv: Sequence[str]) -> int:
 
 # -- compact -----------------------------------------------------------------------------------
 def compact(argv: Sequence[str]) -> int:
-    p = _Parser(prog="enrich compact", description="Compact small files and vacuum old ones, "
+    p = Parser(prog="enrich compact", description="Compact small files and vacuum old ones, "
                 "keeping Delta's retention safeguard. Takes the table's run lock, so it never "
                 "races a running enricher.")
     _common(p)
-    p.add_argument("--retention-hours", type=_pos_int, default=168,
+    p.add_argument("--retention-hours", type=pos_int, default=168,
                    help="keep files removed less than this long ago (default 168 = 7 days; "
                    "lower values are refused by Delta's safeguard)")
-    p.add_argument("--wait", type=_nonneg_float, default=0.0, metavar="S",
+    p.add_argument("--wait", type=nonneg_float, default=0.0, metavar="S",
                    help="wait up to S seconds for a running enricher to finish (default: refuse)")
     args = p.parse_args(argv)
     table = _open(args.table)
@@ -193,15 +193,15 @@ def compact(argv: Sequence[str]) -> int:
 
 # -- gallery -----------------------------------------------------------------------------------
 def gallery(argv: Sequence[str]) -> int:
-    p = _Parser(prog="enrich gallery", description="Write one self-contained HTML page of sampled "
+    p = Parser(prog="enrich gallery", description="Write one self-contained HTML page of sampled "
                 "rows (thumbnail, caption, status, error, model, tokens) and a chart of recent "
                 "runs' throughput, for a spot-check after a nightly run.")
     _common(p)
     p.add_argument("--out", default="gallery.html", help="output file (default gallery.html)")
-    p.add_argument("--sample", type=_pos_int, default=24, metavar="K", help="rows to show (default 24)")
+    p.add_argument("--sample", type=pos_int, default=24, metavar="K", help="rows to show (default 24)")
     p.add_argument("--status", action="append", choices=STATUSES,
                    help="only rows with this status (repeatable; default all)")
-    p.add_argument("--max-shards", type=_pos_int, default=2,
+    p.add_argument("--max-shards", type=pos_int, default=2,
                    help="read thumbnails from at most this many shards (a hub shard is ~2,600 "
                    "images; default 2)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")

@@ -15,7 +15,6 @@ Who does what, and why:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -30,9 +29,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from enrich.config import RunConfig, enricher_version, run_identity, storage_options_from_env
+from enrich.config import RunConfig, enricher_version, storage_options_from_env
 from enrich.engines.base import Engine
 from enrich.journal import Journal
+from enrich.plan import Plan, make_plan
 from enrich.progress import Counts, Reporter
 from enrich.sink import CaptionsTable, Progress
 from enrich.skip import SkipIndex
@@ -65,48 +65,6 @@ class RowMeta:
 
 
 @dataclass
-class Plan:
-    """What a run would do, computed without reading an image or starting Ray."""
-
-    source: str
-    table: str
-    app_id: str
-    caption_config: str
-    caption: dict[str, Any]
-    progress: Progress
-    until: int
-    retry_rows: pa.Table  # the failed rows a run retries first
-    engine: dict[str, Any]
-
-    @property
-    def failed_to_retry(self) -> int:
-        return self.retry_rows.num_rows
-
-    @property
-    def rows_to_do(self) -> int:
-        return max(0, self.until - self.progress.next_index)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "table": self.table,
-            "until": self.until,
-            "rows_done": self.progress.next_index,
-            "rows_to_do": 0 if self.progress.exhausted else self.rows_to_do,
-            "source_exhausted": self.progress.exhausted,
-            "failed_rows_to_retry": self.failed_to_retry,
-            "resume_at": {"shard": self.progress.next_shard, "offset": self.progress.next_offset},
-            "caption_config": self.caption_config,
-            "caption": self.caption,
-            "engine": self.engine,
-        }
-
-    @property
-    def nothing_to_do(self) -> bool:
-        return (self.rows_to_do == 0 or self.progress.exhausted) and self.failed_to_retry == 0
-
-
-@dataclass
 class RunResult:
     run_id: str
     counts: Counts
@@ -116,17 +74,6 @@ class RunResult:
     engine_starts: int | None
     outcome: str
     plan: Plan
-
-
-def make_plan(cfg: RunConfig, table: CaptionsTable) -> Plan:
-    from enrich.engines import make_engine
-
-    caption = cfg.caption
-    app_id = run_identity(cfg.source, caption)
-    return Plan(source=cfg.source, table=cfg.table, app_id=app_id, caption_config=caption.id,
-                caption=dataclasses.asdict(caption), progress=table.progress(app_id),
-                until=cfg.until, retry_rows=table.failed_rows(cfg.source, caption.id),
-                engine=make_engine(cfg).describe())
 
 
 # --------------------------------------------------------------------------------------------
@@ -393,7 +340,7 @@ class _Committer:
             self.bad_outcome[meta.image_hash] = (r["status"], r.get("error"))
         self.counts.add(r["status"])
         return {
-            "source_index": r["source_index"], "source": self.cfg.source,
+            "source_index": r["source_index"], "source": self.plan.source,
             "source_shard": meta.shard, "source_key": meta.key, "source_offset": meta.offset,
             "image_hash": meta.image_hash, "status": r["status"],
             "caption": r.get("caption") if r["status"] == "captioned" else None,
@@ -421,7 +368,7 @@ class _Committer:
         if not self.retry_buffer:
             return
         rows = [self._full_row(r) for r in self.retry_buffer]
-        self.table.replace_failed(pa.Table.from_pylist(rows), source=self.cfg.source,
+        self.table.replace_failed(pa.Table.from_pylist(rows), source=self.plan.source,
                                   caption_config=self.caption_config, metadata=self._meta())
         self.retry_buffer.clear()
         self.commits += 1
@@ -429,7 +376,7 @@ class _Committer:
     def _meta(self) -> dict[str, str]:
         return {"enrich.run_id": self.run_id, "enrich.caption_config": self.caption_config,
                 "enrich.caption_config_json": self.cfg.caption.to_json(),
-                "enrich.source": self.cfg.source, "enrich.enricher_version": self.version}
+                "enrich.source": self.plan.source, "enrich.enricher_version": self.version}
 
     def maybe_commit(self, *, final: bool = False) -> None:
         """Commit full slices of ``commit_every`` rows; the rest when ``commit_seconds`` have

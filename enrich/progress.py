@@ -10,7 +10,7 @@ from typing import IO, TYPE_CHECKING, Any
 from enrich.schemas import STATUSES
 
 if TYPE_CHECKING:
-    from enrich.pipeline import Plan
+    from enrich.plan import Plan
 
 
 

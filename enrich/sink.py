@@ -145,6 +145,10 @@ class CaptionsTable:
             return CAPTIONS.empty_table().select(columns or CAPTIONS.names)
         return ds.to_table(columns=columns, filter=filter)
 
+    def has_progress(self, app_id: str) -> bool:
+        dt = self._delta()
+        return dt is not None and dt.transaction_version(app_id) is not None
+
     def progress(self, app_id: str) -> Progress:
         dt = self._delta()
         if dt is None:

@@ -45,6 +45,7 @@ class Shard:
     name: str  # the shard's file name, the table's source_shard
     url: str  # what to open
     open: Callable[[], IO[bytes]]
+    remote: bool = False  # on an object store or the hub: worth downloading ahead
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,26 @@ def _is_hub_id(source: str) -> bool:
         and not os.path.exists(source)
         and not any(ch in source for ch in "*?[")
     )
+
+
+HUB_PREFIX = "hf://datasets/"
+
+
+def source_spellings(source: str) -> list[str]:
+    """The ways of writing this source that name the same dataset, its canonical one first.
+
+    A hub dataset is ``ORG/NAME`` whether given so or as ``hf://datasets/ORG/NAME[/]``. The
+    table keys a stream by the source string (``source`` column, app id), so a table must keep
+    the spelling it started with: the planner takes the first spelling the table already has
+    progress under, and the canonical one for a new stream."""
+    if source.startswith(HUB_PREFIX):
+        rest = source[len(HUB_PREFIX):].strip("/")
+        if rest.count("/") == 1 and not any(ch in rest for ch in "*?[@"):
+            return list(dict.fromkeys([rest, source, HUB_PREFIX + rest, HUB_PREFIX + rest + "/"]))
+        return [source]
+    if _is_hub_id(source):
+        return [source, HUB_PREFIX + source, HUB_PREFIX + source + "/"]
+    return [source]
 
 
 def list_shards(source: str, *, sample_dir: str | None = None) -> list[Shard]:
@@ -123,7 +144,7 @@ def _list_fsspec(url: str) -> list[Shard]:
     def opener(p: str) -> Callable[[], IO[bytes]]:
         return lambda: fs.open(p, "rb", block_size=8 * 1024 * 1024)
 
-    return [Shard(PurePosixPath(p).name, p, opener(p)) for p in paths]
+    return [Shard(PurePosixPath(p).name, p, opener(p), remote=True) for p in paths]
 
 
 def _split_name(name: str) -> tuple[str, str]:
@@ -235,7 +256,9 @@ def prefetched(shards: list[Shard], *, ahead: int = PREFETCH_SHARDS) -> Iterator
     """The same shards in the same order; remote ones come already downloaded, the next
     ``ahead`` of them fetched concurrently while the current one is read. Local shards pass
     through untouched (the page cache does this job)."""
-    if not any("://" in s.url for s in shards):
+    # Whether a shard is remote is known where it was listed: fsspec and HfFileSystem paths
+    # carry no "://" (a check on the url missed every hub and object-store shard).
+    if not any(s.remote for s in shards):
         yield from shards
         return
     pool = ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="enrich-prefetch")
@@ -252,6 +275,6 @@ def prefetched(shards: list[Shard], *, ahead: int = PREFETCH_SHARDS) -> Iterator
             nxt = next(upcoming, None)
             if nxt is not None:
                 pending.append((nxt, pool.submit(_download, nxt)))
-            yield Shard(shard.name, shard.url, _bytes_opener(data))
+            yield Shard(shard.name, shard.url, _bytes_opener(data), remote=True)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)

@@ -141,3 +141,36 @@ def test_until_far_beyond_the_source_covers_it_and_records_the_end(shards: Path,
     progress = CaptionsTable(str(tmp_path / "t")).progress(res.plan.app_id)
     assert progress.next_index == 120 and progress.exhausted
     assert _run(_cfg(shards, tmp_path, 10**9)).outcome == "nothing to do"
+
+
+@pytest.mark.parametrize("first,second,legacy,kept", [
+    # tables written before spellings were unified keep the spelling they started with
+    ("hf://datasets/org/name", "org/name", True, "hf://datasets/org/name"),
+    ("org/name", "hf://datasets/org/name/", True, "org/name"),
+    # a new table takes the canonical spelling whichever one is typed
+    ("hf://datasets/org/name", "org/name", False, "org/name"),
+])
+def test_hub_id_spellings_are_one_stream(shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         first: str, second: str, legacy: bool, kept: str) -> None:
+    """`ORG/NAME` and `hf://datasets/ORG/NAME` name one dataset: the second spelling continues
+    the first's stream (same source string, same app id), nothing twice. The hub is stood in
+    for by local shards (listing only; everything after it is the real path)."""
+    import enrich.pipeline
+    import enrich.source
+
+    local = enrich.source.list_shards(str(shards))
+    monkeypatch.setattr(enrich.pipeline, "list_shards", lambda source: local)
+    with monkeypatch.context() as old_release:
+        if legacy:  # the previous release keyed the stream by the source exactly as typed
+            old_release.setattr(enrich.source, "source_spellings", lambda source: [source])
+        _run(_cfg(shards, tmp_path, 40, source=first))
+    result = _run(_cfg(shards, tmp_path, 90, source=second))
+    assert result.committed_rows == 50
+    rows = read_table(str(tmp_path / "t")).to_pylist()
+    assert sorted(r["source_index"] for r in rows) == list(range(90))
+    assert {r["source"] for r in rows} == {kept}
+    clean = _run(_cfg(shards, tmp_path / "clean", 90))
+    assert clean.committed_rows == 90
+    by_index = {r["source_index"]: (r["status"], r["image_hash"]) for r in rows}
+    assert by_index == {r["source_index"]: (r["status"], r["image_hash"])
+                        for r in read_table(str(tmp_path / "clean" / "t")).to_pylist()}

@@ -82,7 +82,7 @@ def test_remote_shards_are_prefetched_in_order(tmp_path: Path) -> None:
         def _open():
             opened.append(shard.name)
             return shard.open()
-        return Shard(shard.name, "memory://" + shard.url, _open)
+        return Shard(shard.name, "memory://" + shard.url, _open, remote=True)
 
     shards = [remote(s) for s in local]
     got = [(s.shard, s.key) for shard in prefetched(shards, ahead=3) for s in iter_shard(shard)]
@@ -92,3 +92,47 @@ def test_remote_shards_are_prefetched_in_order(tmp_path: Path) -> None:
     opened.clear()
     first = next(iter(prefetched(shards, ahead=2)))
     assert first.name == "00000.tar" and len(opened) <= 3
+
+
+def test_listed_remote_shards_are_marked_and_prefetched_whatever_their_path(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """fsspec (and the hub's HfFileSystem) list paths without "://": the shards must still be
+    downloaded ahead. Checked on fsspec's in-memory filesystem."""
+    import io
+    import tarfile
+
+    import fsspec
+
+    from enrich import source
+
+    fs = fsspec.filesystem("memory")
+    for n in range(4):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            info = tarfile.TarInfo(f"k{n}.jpg")
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+        fs.pipe(f"/prefetch-test/{n:05d}.tar", buf.getvalue())
+    shards = list_shards("memory://prefetch-test")
+    assert [s.name for s in shards] == [f"{n:05d}.tar" for n in range(4)]
+    assert all(s.remote and "://" not in s.url for s in shards)
+    downloaded: list[str] = []
+    real = source._download
+
+    def counting(shard: source.Shard) -> bytes:
+        downloaded.append(shard.name)
+        return real(shard)
+
+    monkeypatch.setattr(source, "_download", counting)
+    got = [s.key for shard in source.prefetched(shards, ahead=2) for s in iter_shard(shard)]
+    assert got == [f"k{n}" for n in range(4)] and sorted(downloaded) == [s.name for s in shards]
+
+
+def test_hub_spellings_name_one_dataset() -> None:
+    from enrich.source import source_spellings
+
+    assert source_spellings("org/name")[0] == "org/name"
+    assert source_spellings("hf://datasets/org/name/")[0] == "org/name"
+    assert "hf://datasets/org/name" in source_spellings("org/name")
+    assert source_spellings("hf://datasets/org/name/sub/*.tar") == ["hf://datasets/org/name/sub/*.tar"]
+    assert source_spellings("sample") == ["sample"]
