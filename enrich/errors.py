@@ -36,6 +36,13 @@ class NoAcceleratorError(UsageError):
     """The cluster has no node with the requested GPU type: Ray would wait forever."""
 
 
+class SourceUnavailableError(EnrichError):
+    """The source exists but stayed unreachable (5xx, 429, resets, timeouts) through every retry.
+    Rows committed before are safe; run again later."""
+
+    exit_code = 5
+
+
 class RunLockedError(EnrichError):
     """Another enrich run holds the table for this source and caption config."""
 

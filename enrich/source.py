@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import IO
 
-from enrich.errors import SourceError
+from enrich.errors import SourceError, SourceUnavailableError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,62 @@ def _is_hub_id(source: str) -> bool:
     )
 
 
+
+# --------------------------------------------------------------------------------------------
+# Transient errors of remote sources, in one place. The hub client raises HfHubHTTPError for
+# HTTP statuses and its HTTP library's TransportError (resets, protocol errors, timeouts),
+# neither of which is an OSError; object stores raise OSError subclasses. Transient ones are
+# retried with bounded exponential backoff (honouring Retry-After); what is left after the
+# retries becomes SourceUnavailableError (exit 5); only "does not exist" is a SourceError (exit 2).
+# --------------------------------------------------------------------------------------------
+TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+RETRY_BASE_S = 1.0
+RETRY_MAX_S = 30.0
+
+
+def _status(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    code = getattr(response, "status_code", None)
+    return int(code) if isinstance(code, int) else None
+
+
+def is_missing(exc: BaseException) -> bool:
+    """The source (repo, revision, file) does not exist, or may not be read: retrying cannot help."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return bool(names & {"RepositoryNotFoundError", "RevisionNotFoundError", "EntryNotFoundError",
+                         "GatedRepoError", "FileNotFoundError", "PermissionError"}) or \
+        _status(exc) in (401, 403, 404)
+
+
+def is_transient(exc: BaseException) -> bool:
+    if is_missing(exc):
+        return False
+    status = _status(exc)
+    if status is not None:
+        return status in TRANSIENT_STATUS
+    # httpx's (and huggingface_hub's httpx2's) resets, protocol errors and timeouts, by name:
+    # the hub client has used more than one HTTP library.
+    if {cls.__name__ for cls in type(exc).__mro__} & {"TransportError", "TimeoutException"}:
+        return True
+    return isinstance(exc, OSError | TimeoutError)
+
+
+def retry_delay(exc: BaseException, attempt: int) -> float:
+    response = getattr(exc, "response", None)
+    after = getattr(response, "headers", {}).get("Retry-After") if response is not None else None
+    try:
+        wait = float(after) if after is not None else 0.0
+    except ValueError:
+        wait = 0.0
+    return min(RETRY_MAX_S, max(wait, RETRY_BASE_S * 2 ** (attempt - 1)))
+
+
+def unavailable(what: str, exc: BaseException, attempts: int) -> SourceUnavailableError:
+    return SourceUnavailableError(f"{what}: still failing after {attempts} tries "
+                                  f"({type(exc).__name__}: {one_line(str(exc))[:300]}); rows "
+                                  "committed so far are safe, run the same command again later")
+
+
 HUB_PREFIX = "hf://datasets/"
 
 
@@ -100,7 +156,8 @@ def list_shards(source: str, *, sample_dir: str | None = None) -> list[Shard]:
 
         return list_shards(str(ensure_sample(sample_dir)))
     if _is_hub_id(source) or source.startswith("hf://"):
-        return _list_fsspec(source if source.startswith("hf://") else f"hf://datasets/{source}")
+        return _list_fsspec(source if source.startswith("hf://") else f"hf://datasets/{source}",
+                            shown=source)
     if "://" in source:
         return _list_fsspec(source)
     if os.path.isdir(source):
@@ -122,24 +179,38 @@ def _opener_local(path: str) -> Callable[[], IO[bytes]]:
     return _open
 
 
-def _list_fsspec(url: str) -> list[Shard]:
+def _list_fsspec(url: str, shown: str | None = None) -> list[Shard]:
     import fsspec
 
-    try:
-        if url.startswith("hf://"):
-            # HfFileSystem reads HF_TOKEN from the environment itself; we never pass it around.
-            from huggingface_hub import HfFileSystem
+    shown = shown or url  # the spelling the user typed, for messages
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            if url.startswith("hf://"):
+                # HfFileSystem reads HF_TOKEN from the environment itself; we never pass it around.
+                from huggingface_hub import HfFileSystem
 
-            fs = HfFileSystem()
-            root = url[len("hf://") :]
-        else:
-            fs, root = fsspec.core.url_to_fs(url)
-        pattern = root if any(ch in root for ch in "*?[") else root.rstrip("/") + "/**/*.tar"
-        paths = sorted(fs.glob(pattern), key=lambda p: (PurePosixPath(p).name, p))
-    except Exception as exc:  # noqa: BLE001 - any listing failure means the source is unusable
-        raise SourceError(f"--source {url!r}: cannot list shards ({type(exc).__name__}: {exc})") from None
+                fs = HfFileSystem(skip_instance_cache=True)  # no listing cached from a failed try
+                root = url[len("hf://") :]
+            else:
+                fs, root = fsspec.core.url_to_fs(url)
+            pattern = root if any(ch in root for ch in "*?[") else root.rstrip("/") + "/**/*.tar"
+            paths = sorted(fs.glob(pattern), key=lambda p: (PurePosixPath(p).name, p))
+            break
+        except Exception as exc:  # noqa: BLE001 - sorted below: transient, missing, or unusable
+            if is_transient(exc):
+                if attempt > READ_RETRIES:
+                    raise unavailable(f"--source {shown!r}: listing shards", exc, attempt) from None
+                delay = retry_delay(exc, attempt)
+                log.warning("listing %s failed (%s); retry %d in %.1fs", shown, exc, attempt, delay)
+                time.sleep(delay)
+                continue
+            why = "not found" if is_missing(exc) else "cannot list shards"
+            raise SourceError(f"--source {shown!r}: {why} ({type(exc).__name__}: "
+                              f"{one_line(str(exc))[:300]})") from None
     if not paths:
-        raise SourceError(f"--source {url!r}: no .tar shards found")
+        raise SourceError(f"--source {shown!r}: no .tar shards found")
 
     def opener(p: str) -> Callable[[], IO[bytes]]:
         return lambda: fs.open(p, "rb", block_size=8 * 1024 * 1024)
@@ -225,11 +296,13 @@ def iter_shard(shard: Shard, *, start: int = 0) -> Iterator[Sample]:
                 yield Sample(shard.name, exc.count, "", None, None,
                              error=f"shard error: {shard.name}: {what} ({exc})")
             return
-        except OSError as exc:
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
             attempt += 1
             if attempt > READ_RETRIES:
-                raise
-            delay = min(30.0, 0.5 * 2**attempt)
+                raise unavailable(f"reading shard {shard.name}", exc, attempt) from None
+            delay = retry_delay(exc, attempt)
             log.warning("reading %s failed (%s); retry %d in %.1fs", shard.name, exc, attempt, delay)
             time.sleep(delay)
 
@@ -239,10 +312,12 @@ def _download(shard: Shard) -> bytes:
         try:
             with shard.open() as fh:
                 return fh.read()
-        except OSError as exc:
-            if attempt > READ_RETRIES:
+        except Exception as exc:
+            if not is_transient(exc):
                 raise
-            delay = min(30.0, 0.5 * 2**attempt)
+            if attempt > READ_RETRIES:
+                raise unavailable(f"downloading shard {shard.name}", exc, attempt) from None
+            delay = retry_delay(exc, attempt)
             log.warning("downloading %s failed (%s); retry %d in %.1fs", shard.name, exc, attempt, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")

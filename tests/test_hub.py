@@ -1,0 +1,83 @@
+"""`--source ORG/NAME` against a loopback server speaking the hub's API (tests/fake_hub.py),
+reached by the real `huggingface_hub` client through HF_ENDPOINT, with faults: 429 with
+Retry-After, 5xx on every kind of request, connections reset mid-file, slow answers, an outage,
+a dataset that does not exist. Nothing lost or duplicated; every failure one line and a
+documented exit code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import cli
+from tests.fake_hub import serve
+from tests.helpers import outcome
+
+
+def hub_env(url: str) -> dict[str, str]:
+    return {"HF_ENDPOINT": url, "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0"}
+
+
+def run_args(tmp_path: Path, source: str, until: int, ray_address: str) -> list[str]:
+    return ["--until", str(until), "--source", source, "--table", str(tmp_path / "t"),
+            "--engine", "dry-run", "--checkpoint-dir", str(tmp_path / "ck"), "--quiet",
+            "--commit-every", "10", "--ray-address", ray_address]
+
+
+@pytest.fixture(scope="module")
+def clean(shards: Path, ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The same shards read from disk: what every hub run must end equal to."""
+    work = tmp_path_factory.mktemp("hub-clean")
+    res = cli(*run_args(work, str(shards), 90, ray_address))
+    assert res.returncode == 0, res.stderr
+    return outcome(str(work / "t"))
+
+
+def test_faults_on_every_kind_of_request_lose_nothing(shards: Path, tmp_path: Path, ray_address: str,
+                                                      clean: dict) -> None:
+    with serve(shards, "org/name") as (url, hub):
+        hub.faults.rules = [["info", 1, 500], ["tree", 1, 429], ["tree", 1, 502], ["file", 2, "reset"],
+                            ["file", 1, 503], ["file", 1, "slow"], ["paths", 1, 500]]
+        res = cli(*run_args(tmp_path, "org/name", 90, ray_address), env=hub_env(url))
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert {"info:500", "tree:429", "tree:502", "file:reset", "file:503"} <= set(hub.faults.seen)
+        assert not [u for u in hub.unknown if "/datasets/" in u]
+    got = outcome(str(tmp_path / "t"))
+    assert {i: v[:2] for i, v in got.items()} == {i: v[:2] for i, v in clean.items()}
+
+
+def test_outage_mid_run_ends_in_one_line_then_resumes(shards: Path, tmp_path: Path, ray_address: str,
+                                                      clean: dict) -> None:
+    with serve(shards, "org/name") as (url, hub):
+        res = cli(*run_args(tmp_path, "org/name", 30, ray_address), env=hub_env(url))
+        assert res.returncode == 0, res.stderr[-2000:]
+        hub.faults.rules = [["file", 10_000, "reset"]]  # every read of a shard breaks mid-file
+        res = cli(*run_args(tmp_path, "org/name", 90, ray_address), env=hub_env(url), timeout=600)
+        assert res.returncode == 5, res.stderr[-2000:]
+        last = res.stderr.strip().splitlines()[-1]
+        assert last.startswith("enrich: error:") and "still failing after" in last, last
+        assert "Traceback" not in res.stderr
+        assert 30 <= len(outcome(str(tmp_path / "t"))) < 90  # what was committed stays
+        hub.faults.rules = []
+        res = cli(*run_args(tmp_path, "hf://datasets/org/name", 90, ray_address), env=hub_env(url))
+        assert res.returncode == 0, res.stderr[-2000:]
+    got = outcome(str(tmp_path / "t"))
+    assert {i: v[:2] for i, v in got.items()} == {i: v[:2] for i, v in clean.items()}
+
+
+def test_hub_down_is_exit_5_and_missing_dataset_exit_2(shards: Path, tmp_path: Path,
+                                                       ray_address: str) -> None:
+    with serve(shards, "org/name") as (url, hub):
+        hub.faults.down = True
+        res = cli(*run_args(tmp_path, "org/name", 10, ray_address), env=hub_env(url))
+        assert res.returncode == 5, res.stderr[-2000:]
+        line = res.stderr.strip().splitlines()[-1]
+        assert "--source 'org/name'" in line and "still failing" in line and "Traceback" not in res.stderr
+        assert not (tmp_path / "t").exists()
+        hub.faults.down = False
+        res = cli(*run_args(tmp_path, "org/nothing-here", 10, ray_address), env=hub_env(url))
+        assert res.returncode == 2, res.stderr[-2000:]
+        line = res.stderr.strip().splitlines()[-1]
+        assert "--source 'org/nothing-here': not found" in line and "Traceback" not in res.stderr
+        assert not (tmp_path / "t").exists()
