@@ -31,8 +31,11 @@ def build_run_parser() -> argparse.ArgumentParser:
     g.add_argument("--until", type=nonneg_int, metavar="N",
                    help="cover the first N rows of the source's canonical stream (required)")
     g.add_argument("--source", help="hub dataset id (default BLIP3o/BLIP3o-Pretrain-Short-Caption), "
-                   "a directory or glob of webdataset .tar shards, an fsspec URL, or 'sample' "
-                   "(a small offline dataset)")
+                   "a directory, glob or fsspec URL of webdataset .tar shards, parquet files or "
+                   "images, or 'sample' (a small offline dataset)")
+    g.add_argument("--image-column", metavar="NAME",
+                   help="parquet sources: the image column ({bytes, path} struct or binary; "
+                   "default: found from the schema)")
     g.add_argument("--table", help="Delta table path or s3:// gs:// az:// URI (default ./captions)")
     g.add_argument("--engine", choices=ENGINES,
                    help="caption engine (default vllm); dry-run is a deterministic CPU engine")

@@ -79,6 +79,7 @@ class RunConfig:
 
     until: int
     source: str = DEFAULT_SOURCE
+    image_column: str | None = None  # parquet sources: the image column (default: found from the schema)
     table: str = "./captions"
     engine: EngineName = "vllm"
     image_size: int = 225

@@ -435,7 +435,7 @@ def run(cfg: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
     if plan.nothing_to_do:  # answered from the Delta log alone: no source listing, no Ray
         reporter.start(plan)
         return RunResult(run_id, counts, 0, 0, time.time() - started, 0, "nothing to do", plan)
-    shards = list_shards(cfg.source)  # a bad source fails here, before anything is written
+    shards = list_shards(cfg.source, image_column=cfg.image_column)  # a bad source fails here, before anything is written
     from enrich.engines import make_engine
 
     journal = Journal(cfg, run_id, plan)

@@ -11,6 +11,7 @@ dataset id (read through ``huggingface_hub.HfFileSystem``), or the word ``sample
 
 from __future__ import annotations
 
+import dataclasses
 import glob as globmod
 import hashlib
 import io
@@ -24,6 +25,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import IO
+
+import pyarrow as pa
 
 from enrich.errors import SourceError, SourceUnavailableError, one_line
 
@@ -46,6 +49,8 @@ class Shard:
     url: str  # what to open
     open: Callable[[], IO[bytes]]
     remote: bool = False  # on an object store or the hub: worth downloading ahead
+    kind: str = "tar"  # "tar" (webdataset), "parquet" (a file of rows) or "image" (one image file)
+    column: str | None = None  # parquet: the image column
 
 
 @dataclass(frozen=True)
@@ -149,27 +154,78 @@ def source_spellings(source: str) -> list[str]:
     return [source]
 
 
-def list_shards(source: str, *, sample_dir: str | None = None) -> list[Shard]:
+def list_shards(source: str, *, sample_dir: str | None = None,
+                image_column: str | None = None) -> list[Shard]:
     """The shards of ``source`` in canonical (name) order. Raises :class:`SourceError`."""
     if source == "sample":
         from enrich.sample import ensure_sample
 
-        return list_shards(str(ensure_sample(sample_dir)))
+        return list_shards(str(ensure_sample(sample_dir)), image_column=image_column)
     if _is_hub_id(source) or source.startswith("hf://"):
         return _list_fsspec(source if source.startswith("hf://") else f"hf://datasets/{source}",
-                            shown=source)
+                            shown=source, image_column=image_column)
     if "://" in source:
-        return _list_fsspec(source)
+        return _list_fsspec(source, image_column=image_column)
     if os.path.isdir(source):
-        paths = sorted(globmod.glob(os.path.join(source, "**", "*.tar"), recursive=True))
+        found = sorted(globmod.glob(os.path.join(source, "**", "*"), recursive=True))
     elif os.path.isfile(source):
-        paths = [source]
+        found = [source]
     else:
-        paths = sorted(globmod.glob(source, recursive=True))
+        found = sorted(globmod.glob(source, recursive=True))
+    found = [p for p in found if os.path.isfile(p)]
+    kind, paths = _pick_format(found)
     if not paths:
-        raise SourceError(f"--source {source!r}: no .tar shards found")
+        raise SourceError(f"--source {source!r}: no .tar shards, .parquet files or images found")
+    base = source if os.path.isdir(source) else os.path.dirname(source)
+    if kind == "image":  # one row per file, named by its path in the folder, in name order
+        names = [os.path.relpath(p, base) for p in paths]
+        order = sorted(zip(names, paths, strict=True))
+        return [Shard(n, p, _opener_local(p), kind="image") for n, p in order]
     paths.sort(key=lambda p: (os.path.basename(p), p))
-    return [Shard(os.path.basename(p), p, _opener_local(p)) for p in paths]
+    shards = [Shard(os.path.basename(p), p, _opener_local(p), kind=kind) for p in paths]
+    return _with_image_column(shards, image_column, source) if kind == "parquet" else shards
+
+
+def _pick_format(paths: list[str]) -> tuple[str, list[str]]:
+    """webdataset tars if there are any, else parquet files, else an image folder."""
+    for kind, exts in (("tar", (".tar",)), ("parquet", (".parquet",)),
+                       ("image", tuple("." + e for e in IMAGE_EXTS))):
+        chosen = [p for p in paths if p.lower().endswith(exts)]
+        if chosen:
+            return kind, chosen
+    return "tar", []
+
+
+def image_column_of(schema: pa.Schema, wanted: str | None) -> str | None:
+    """The image column of a parquet schema: ``wanted``, else the first struct with a ``bytes``
+    field (what `datasets` writes for an Image feature), else a binary column named like an
+    image, else the first binary column."""
+    if wanted:
+        return wanted if wanted in schema.names else None
+    for f in schema:
+        if pa.types.is_struct(f.type) and f.type.get_field_index("bytes") >= 0:
+            return f.name
+    binary = [f.name for f in schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
+    named = [n for n in binary if any(w in n.lower() for w in ("image", "img", "jpg", "png"))]
+    return (named or binary or [None])[0]
+
+
+def _with_image_column(shards: list[Shard], wanted: str | None, source: str) -> list[Shard]:
+    """Find the image column once, from the first file's schema (all files of a split share it)."""
+    import pyarrow.parquet as pq
+
+    try:
+        with shards[0].open() as fh:
+            schema = pq.ParquetFile(fh).schema_arrow
+    except Exception as exc:  # noqa: BLE001 - a first file that is not parquet: unusable source
+        raise SourceError(f"--source {source!r}: {shards[0].name} is not a readable parquet file "
+                          f"({type(exc).__name__}: {one_line(str(exc))[:200]})") from None
+    column = image_column_of(schema, wanted)
+    if column is None:
+        what = f"no column {wanted!r}" if wanted else "no image column (a {bytes, path} struct or binary)"
+        raise SourceError(f"--source {source!r}: {what} in {shards[0].name}; columns: "
+                          f"{', '.join(schema.names)} (choose one with --image-column)")
+    return [dataclasses.replace(s, column=column) for s in shards]
 
 
 def _opener_local(path: str) -> Callable[[], IO[bytes]]:
@@ -179,7 +235,7 @@ def _opener_local(path: str) -> Callable[[], IO[bytes]]:
     return _open
 
 
-def _list_fsspec(url: str, shown: str | None = None) -> list[Shard]:
+def _list_fsspec(url: str, shown: str | None = None, image_column: str | None = None) -> list[Shard]:
     import fsspec
 
     shown = shown or url  # the spelling the user typed, for messages
@@ -195,8 +251,12 @@ def _list_fsspec(url: str, shown: str | None = None) -> list[Shard]:
                 root = url[len("hf://") :]
             else:
                 fs, root = fsspec.core.url_to_fs(url)
-            pattern = root if any(ch in root for ch in "*?[") else root.rstrip("/") + "/**/*.tar"
-            paths = sorted(fs.glob(pattern), key=lambda p: (PurePosixPath(p).name, p))
+            if any(ch in root for ch in "*?["):
+                paths = fs.glob(root)
+            else:
+                paths = fs.glob(root.rstrip("/") + "/**/*.tar") or \
+                    fs.glob(root.rstrip("/") + "/**/*.parquet")
+            paths = sorted(paths, key=lambda p: (PurePosixPath(p).name, p))
             break
         except Exception as exc:  # noqa: BLE001 - sorted below: transient, missing, or unusable
             if is_transient(exc):
@@ -215,7 +275,9 @@ def _list_fsspec(url: str, shown: str | None = None) -> list[Shard]:
     def opener(p: str) -> Callable[[], IO[bytes]]:
         return lambda: fs.open(p, "rb", block_size=8 * 1024 * 1024)
 
-    return [Shard(PurePosixPath(p).name, p, opener(p), remote=True) for p in paths]
+    kind = "parquet" if paths[0].endswith(".parquet") else "tar"
+    shards = [Shard(PurePosixPath(p).name, p, opener(p), remote=True, kind=kind) for p in paths]
+    return _with_image_column(shards, image_column, shown) if kind == "parquet" else shards
 
 
 def _split_name(name: str) -> tuple[str, str]:
@@ -272,16 +334,48 @@ def _group(members: Iterator[tuple[str, str, bytes]], shard: str) -> Iterator[Sa
         yield Sample(shard, offset, key, image, image_ext)
 
 
+def _image_file(fileobj: IO[bytes], shard: Shard) -> Iterator[Sample]:
+    """An image folder's file: one row. Undecodable bytes are the prepare stage's to reject."""
+    stem, _, ext = shard.name.rpartition(".")
+    yield Sample(shard.name, 0, stem, fileobj.read(), ext.lower())
+
+
+def _parquet_rows(fileobj: IO[bytes], shard: Shard) -> Iterator[Sample]:
+    """A parquet file's rows in file order; the image from a ``{bytes, path}`` struct or a binary
+    column. A file that cannot be read as parquet is a broken shard (one error marker)."""
+    import pyarrow.parquet as pq
+
+    assert shard.column is not None
+    offset = 0
+    stem = shard.name.rsplit(".", 1)[0]
+    try:
+        pf = pq.ParquetFile(fileobj)
+        if shard.column not in pf.schema_arrow.names:
+            raise ValueError(f"no column {shard.column!r}")
+        batches = pf.iter_batches(columns=[shard.column], batch_size=256)
+        for batch in batches:
+            for cell in batch.column(0).to_pylist():
+                image, path = (cell.get("bytes"), cell.get("path")) if isinstance(cell, dict) else (cell, None)
+                ext = path.rsplit(".", 1)[-1].lower() if path and "." in path else None
+                yield Sample(shard.name, offset, path or f"{stem}/{offset}", image, ext)
+                offset += 1
+    except (pa.ArrowException, ValueError) as exc:  # pyarrow's errors: the content is broken
+        raise _Broken(exc, offset) from exc
+
+
 def iter_shard(shard: Shard, *, start: int = 0) -> Iterator[Sample]:
     """The samples of one shard from position ``start``. A shard whose content is broken ends with
     one error marker (``Sample.error``) after the samples that could be read; transient read errors
     are retried by reopening and skipping ahead; if they persist, ``OSError`` propagates."""
     done = start
     attempt = 0
+    rows = {"tar": lambda f: _group(_iter_members(f), shard.name),
+            "parquet": lambda f: _parquet_rows(f, shard),
+            "image": lambda f: _image_file(f, shard)}[shard.kind]
     while True:
         try:
             with shard.open() as fileobj:
-                for sample in _group(_iter_members(fileobj), shard.name):
+                for sample in rows(fileobj):
                     if sample.offset < done:
                         continue
                     yield sample
@@ -292,7 +386,11 @@ def iter_shard(shard: Shard, *, start: int = 0) -> Iterator[Sample]:
                 log.warning("shard %s is empty", shard.name)
                 return
             if exc.count >= done:  # not yet reported by the run being resumed
-                what = "not a tar file" if exc.count == 0 else f"truncated tar after {exc.count} samples"
+                if shard.kind == "tar":
+                    what = "not a tar file" if exc.count == 0 else f"truncated tar after {exc.count} samples"
+                else:
+                    what = f"not a readable {shard.kind} file" if exc.count == 0 else \
+                        f"{shard.kind} file broken after {exc.count} rows"
                 yield Sample(shard.name, exc.count, "", None, None,
                              error=f"shard error: {shard.name}: {what} ({exc})")
             return
