@@ -270,7 +270,7 @@ def _list_fsspec(url: str, shown: str | None = None, image_column: str | None = 
             raise SourceError(f"--source {shown!r}: {why} ({type(exc).__name__}: "
                               f"{one_line(str(exc))[:300]})") from None
     if not paths:
-        raise SourceError(f"--source {shown!r}: no .tar shards found")
+        raise SourceError(f"--source {shown!r}: no .tar shards or .parquet files found")
 
     def opener(p: str) -> Callable[[], IO[bytes]]:
         return lambda: fs.open(p, "rb", block_size=8 * 1024 * 1024)
