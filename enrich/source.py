@@ -106,7 +106,8 @@ def is_missing(exc: BaseException) -> bool:
 
 
 def is_transient(exc: BaseException) -> bool:
-    if is_missing(exc):
+    # HF_HUB_OFFLINE=1 makes the hub client refuse every request: deliberate, not transient.
+    if is_missing(exc) or type(exc).__name__ == "OfflineModeIsEnabled":
         return False
     status = _status(exc)
     if status is not None:

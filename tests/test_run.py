@@ -159,7 +159,7 @@ def test_hub_id_spellings_are_one_stream(shards: Path, tmp_path: Path, monkeypat
     import enrich.source
 
     local = enrich.source.list_shards(str(shards))
-    monkeypatch.setattr(enrich.pipeline, "list_shards", lambda source: local)
+    monkeypatch.setattr(enrich.pipeline, "list_shards", lambda source, **kw: local)
     with monkeypatch.context() as old_release:
         if legacy:  # the previous release keyed the stream by the source exactly as typed
             old_release.setattr(enrich.source, "source_spellings", lambda source: [source])
