@@ -1,0 +1,140 @@
+"""The committer: engine output and the driver's duplicates into table rows, committed as
+contiguous prefixes with the resume position in the same Delta commit."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from enrich.config import RunConfig, enricher_version
+from enrich.plan import Plan
+from enrich.progress import Counts
+from enrich.sink import CaptionsTable, Progress
+
+log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from enrich.reader import Reader
+
+
+class Committer:
+    """Turns engine output into table rows and commits contiguous prefixes."""
+
+    def __init__(self, cfg: RunConfig, table: CaptionsTable, plan: Plan, reader: Reader,
+                 run_id: str, counts: Counts) -> None:
+        self.cfg, self.table, self.plan, self.reader = cfg, table, plan, reader
+        self.run_id, self.counts = run_id, counts
+        self.next_index = plan.progress.next_index
+        self.buffer: list[dict[str, Any]] = []
+        self.retry_buffer: list[dict[str, Any]] = []
+        self.held: deque[dict[str, Any]] = deque()
+        self.bad_outcome: dict[str, tuple[str, str | None]] = {}
+        self.last_commit = time.monotonic()
+        self.commits = 0
+        self.committed = 0
+        self.model = cfg.caption.model
+        self.caption_config = cfg.caption.id
+        self.version = enricher_version()
+
+    def hold(self, dups: list[dict[str, Any]]) -> None:
+        self.held.extend(dups)
+
+    def _full_row(self, r: dict[str, Any]) -> dict[str, Any]:
+        meta = self.reader.meta.pop(r["source_index"])
+        if r["status"] == "duplicate" and meta.image_hash in self.bad_outcome:
+            # Same bytes as an earlier row of this run that was rejected or failed: same outcome.
+            r["status"], r["error"] = self.bad_outcome[meta.image_hash]
+        elif r["status"] in ("rejected", "failed") and meta.image_hash:
+            self.bad_outcome[meta.image_hash] = (r["status"], r.get("error"))
+        self.counts.add(r["status"])
+        return {
+            "source_index": r["source_index"], "source": self.plan.source,
+            "source_shard": meta.shard, "source_key": meta.key, "source_offset": meta.offset,
+            "image_hash": meta.image_hash, "status": r["status"],
+            "caption": r.get("caption") if r["status"] == "captioned" else None,
+            "error": r.get("error"), "model": self.model, "caption_config": self.caption_config,
+            "image_width": r.get("image_width"), "image_height": r.get("image_height"),
+            "num_generated_tokens": r.get("num_generated_tokens"),
+            "caption_truncated": r.get("caption_truncated"), "run_id": self.run_id,
+            "enricher_version": self.version, "created_at": datetime.now(timezone.utc),
+        }
+
+    def _release_held(self, below: int | None) -> None:
+        while self.held and (below is None or self.held[0]["source_index"] < below):
+            self.buffer.append(self._full_row(self.held.popleft()))
+
+    def accept(self, batch: pa.Table, retry_indices: set[int]) -> None:
+        for r in batch.to_pylist():
+            idx = r["source_index"]
+            if idx in retry_indices:
+                self.retry_buffer.append(r)
+                continue
+            self._release_held(idx)
+            self.buffer.append(self._full_row(r))
+
+    def _flush_retry(self) -> None:
+        if not self.retry_buffer:
+            return
+        rows = [self._full_row(r) for r in self.retry_buffer]
+        self.table.replace_failed(pa.Table.from_pylist(rows), source=self.plan.source,
+                                  caption_config=self.caption_config, metadata=self._meta())
+        self.retry_buffer.clear()
+        self.commits += 1
+
+    def _meta(self) -> dict[str, str]:
+        return {"enrich.run_id": self.run_id, "enrich.caption_config": self.caption_config,
+                "enrich.caption_config_json": self.cfg.caption.to_json(),
+                "enrich.source": self.plan.source, "enrich.enricher_version": self.version}
+
+    def maybe_commit(self, *, final: bool = False) -> None:
+        """Commit full slices of ``commit_every`` rows; the rest when ``commit_seconds`` have
+        passed or at the end (``final``). Until the end, the newest row stays buffered so the
+        final commit always has a row to carry "source exhausted" in its metadata."""
+        if final:
+            self._release_held(None)
+            self._flush_retry()
+        keep = 0 if final else 1
+        while len(self.buffer) - keep >= self.cfg.commit_every:
+            self._commit(self.cfg.commit_every, final=final)
+        late = time.monotonic() - self.last_commit >= self.cfg.commit_seconds
+        if len(self.buffer) > keep and (final or late):
+            self._commit(len(self.buffer) - keep, final=final)
+
+    def _commit(self, n: int, *, final: bool) -> None:
+        self._flush_retry()  # retried rows sit before the main stream: they land first
+        self.buffer.sort(key=lambda r: r["source_index"])
+        rows, self.buffer = self.buffer[:n], self.buffer[n:]
+        first, last = rows[0]["source_index"], rows[-1]["source_index"]
+        if first != self.next_index or last - first + 1 != len(rows):
+            raise AssertionError(f"internal error: rows {first}..{last} ({len(rows)}) are not the "
+                                 f"contiguous run after {self.next_index}; nothing was committed")
+        at_end = final and not self.buffer and self.reader.exhausted
+        progress = Progress(next_index=last + 1, next_shard=rows[-1]["source_shard"],
+                            next_offset=rows[-1]["source_offset"] + 1, exhausted=at_end)
+        self.table.append(pa.Table.from_pylist(rows), app_id=self.plan.app_id,
+                          expect_from=self.next_index, progress=progress, metadata=self._meta())
+        self.next_index = last + 1
+        self.committed += len(rows)
+        self.commits += 1
+        self.last_commit = time.monotonic()
+
+
+def drain(pending: deque[tuple[str, list[dict[str, Any]]]], lock: threading.Lock,
+           committer: Committer) -> None:
+    """Move duplicates the reader decided into the committer: retry ones replace failed rows,
+    main ones wait in order for the engine rows around them."""
+    with lock:
+        while pending:
+            kind, dups = pending.popleft()
+            if kind == "retry":
+                committer.retry_buffer.extend(dups)
+            else:
+                committer.hold(dups)
+
+
