@@ -1,3 +1,3 @@
-from enrich.cli import main
+from enrich.cli import console_main
 
-raise SystemExit(main())
+console_main()

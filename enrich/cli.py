@@ -137,3 +137,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = ["UsageError", "build_run_parser", "main"]
+
+
+def exit_now(code: int) -> None:
+    """End the process with ``code`` once the command is done, skipping interpreter teardown.
+
+    A process that has used deltalake (delta-rs) and pyarrow can abort while the interpreter
+    tears down their native threads ("terminate called without an active exception", exit -6:
+    FACTS.md, and seen here once on a `nothing to do` rerun) although the command succeeded.
+    Everything that matters is finished by then: commits are in the Delta log, journals are
+    fsynced, Ray is shut down below. So flush what is buffered and leave without the teardown."""
+    import os
+
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    except ImportError:
+        pass
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+def console_main() -> None:
+    """The `enrich` console script and `python -m enrich`."""
+    exit_now(main())
