@@ -449,6 +449,7 @@ def prefetched(shards: list[Shard], *, ahead: int = PREFETCH_SHARDS) -> Iterator
             nxt = next(upcoming, None)
             if nxt is not None:
                 pending.append((nxt, pool.submit(_download, nxt)))
-            yield Shard(shard.name, shard.url, _bytes_opener(data), remote=True)
+            # the same shard (kind, image column...), read from memory
+            yield dataclasses.replace(shard, open=_bytes_opener(data))
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
