@@ -22,12 +22,12 @@ def _with_comment(jpeg: bytes, text: bytes) -> bytes:
     return jpeg[:2] + seg + jpeg[2:]
 
 
-def web_photos(n: int, seed: int) -> list[bytes]:
-    """``n`` photo-like JPEGs of web sizes: long side 300-2000 px, quality 75-92."""
+def web_photos(n: int, seed: int, sides: tuple[int, int] = (300, 2000)) -> list[bytes]:
+    """``n`` photo-like JPEGs of web sizes: long side 300-2000 px (or ``sides``), quality 75-92."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
-        long_side = int(rng.integers(300, 2001))
+        long_side = int(rng.integers(sides[0], sides[1] + 1))
         aspect = float(rng.uniform(0.6, 1.6))
         w, h = (long_side, int(long_side / aspect)) if aspect >= 1 else (int(long_side * aspect), long_side)
         buf = io.BytesIO()
@@ -37,7 +37,7 @@ def web_photos(n: int, seed: int) -> list[bytes]:
 
 
 def make_photo_set(out: Path, n: int, *, per_shard: int = 1000, distinct: int = 400,
-                   seed: int = 1) -> Path:
+                   seed: int = 1, sides: tuple[int, int] = (300, 2000)) -> Path:
     """``n`` web-photo-like JPEGs (long side 300-2000 px, quality 75-92) in tar shards.
 
     ``distinct`` images are rendered and reused with a unique JPEG comment each, so every member
@@ -46,7 +46,7 @@ def make_photo_set(out: Path, n: int, *, per_shard: int = 1000, distinct: int = 
     if marker.exists():
         return out
     out.mkdir(parents=True, exist_ok=True)
-    pool = web_photos(distinct, seed)
+    pool = web_photos(distinct, seed, sides)
     for shard in range((n + per_shard - 1) // per_shard):
         with tarfile.open(out / f"{shard:05d}.tar", "w") as tar:
             for i in range(shard * per_shard, min(n, (shard + 1) * per_shard)):

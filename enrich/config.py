@@ -261,6 +261,18 @@ def storage_options_from_env() -> dict[str, str]:
     return {name: os.environ[name] for name in names if os.environ.get(name)}
 
 
+# The driver's settings for reaching the source, which read tasks on other processes and nodes
+# need too: Ray starts workers with the cluster's environment, not the driver's, so a hub
+# endpoint, token or offline switch, or object-store settings, set where `enrich` was started
+# would otherwise not apply to the reads.
+SOURCE_ENV_PREFIXES = ("HF_", "HUGGING_FACE_", "AWS_", "GOOGLE_", "AZURE_", "FSSPEC_")
+
+
+def source_env_from_env() -> dict[str, str]:
+    """Environment variables the read tasks get from the driver (their runtime_env)."""
+    return {k: v for k, v in os.environ.items() if k.startswith(SOURCE_ENV_PREFIXES)}
+
+
 def run_identity(source: str, caption: CaptionConfig) -> str:
     """The Delta app-transaction id under which a (source, caption config) records its progress."""
     src = hashlib.sha256(source.encode()).hexdigest()[:12]

@@ -8,7 +8,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from enrich.reader import FETCH_SCHEMA
+from enrich.reader import FETCH_SCHEMA, assemble
 
 # Blocks of chunk ids. Each block is one fetch task; past the end of the source a task returns
 # at once, but each still costs Ray ~40 ms, so a --until far beyond the source must not mean
@@ -37,13 +37,14 @@ def make_feeder_class() -> Any:
             self.released = -1  # every chunk up to this one is in the driver's hands
             self.cond = asyncio.Condition()
 
-        async def put(self, j: int, ref: list[Any]) -> None:
+        async def put(self, j: int, chunk: list[Any]) -> None:
+            """``chunk``: [refs of its image blocks, its rows (reader.CHUNK_SCHEMA)]."""
             async with self.cond:
                 # Backpressure on the reader: everything between it and the committer is bounded,
                 # so memory stays flat however many rows a run covers.
                 await self.cond.wait_for(
                     lambda: len(self.chunks) + len(self.taken) < self.capacity)
-                self.chunks[j] = ref[0]
+                self.chunks[j] = chunk
                 self.cond.notify_all()
 
         async def finish(self, end: int, failure: str | None = None) -> None:
@@ -99,6 +100,7 @@ class FetchChunks:
                 continue
             if isinstance(got, str):
                 raise RuntimeError(got)
-            yield ray.get(got[0])
+            parts, rows = got[0]
+            yield assemble(ray.get(parts), rows)
 
 

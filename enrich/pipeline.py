@@ -2,9 +2,10 @@
 
 Who does what, and why:
 
-* The **driver** (reader.py) reads shards in canonical order (cheap: untar + sha256), numbers the rows,
-  and decides skips, because numbering and first-occurrence are sequential facts. Duplicates
-  never leave the driver. Everything else goes out in fixed chunks of source rows.
+* **Read tasks** (reader.py, source.py) read and hash the shards, as many at once as the cluster
+  has CPUs; the **driver** takes only their small metadata tables, numbers the rows in canonical
+  order and decides skips, because numbering and first-occurrence are sequential facts.
+  Duplicates never leave the driver; image bytes never enter it. The rest goes out in chunks.
 * A **feeder** actor (feeder.py) hands chunk ``j`` to whichever Ray task asks for it; the dataset is
   ``chunks → fetch → prepare → engine``, built once per run, so the engine's replicas
   (and the model) start once however many commits follow. ``preserve_order`` keeps rows in
@@ -30,20 +31,20 @@ from typing import Any
 import pyarrow as pa
 
 from enrich.committer import Committer, drain
-from enrich.config import RunConfig, storage_options_from_env
+from enrich.config import RunConfig, source_env_from_env, storage_options_from_env
 from enrich.engines.base import Engine
 from enrich.feeder import MAX_RANGE_BLOCKS, FetchChunks, make_feeder_class
 from enrich.journal import Journal
 from enrich.plan import Plan, make_plan
 from enrich.progress import Counts, Reporter
-from enrich.reader import CHUNK_ROWS, Reader
+from enrich.reader import CHUNK_ROWS, Chunk, Reader
 from enrich.sink import CaptionsTable
 from enrich.skip import SkipIndex
 from enrich.source import list_shards
 
 log = logging.getLogger(__name__)
 
-MIN_CHUNKS_IN_FLIGHT = 16  # ~2k rows read ahead of the committer on a small machine
+MIN_ROWS_IN_FLIGHT = 4096  # rows read ahead of the committer on a small machine
 
 @dataclass
 class RunResult:
@@ -64,7 +65,7 @@ def chunks_in_flight(cfg: RunConfig) -> int:
     """How many chunks may be between the reader and the committer: enough to keep every engine
     replica's queue full (4 batches in flight per replica) plus the prepare stage busy."""
     engine_rows = cfg.replicas * cfg.batch_size * 4
-    return MIN_CHUNKS_IN_FLIGHT + math.ceil(engine_rows / CHUNK_ROWS)
+    return math.ceil((MIN_ROWS_IN_FLIGHT + engine_rows) / CHUNK_ROWS)
 
 
 def _init_ray(cfg: RunConfig) -> None:
@@ -124,7 +125,12 @@ def run(cfg: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
         if plan.nothing_to_do:
             return RunResult(run_id, counts, 0, 0, time.time() - started, 0, "nothing to do", plan)
         skip = SkipIndex.from_arrow(table.captioned_hashes(plan.caption_config))
-        reader = Reader(shards, plan.progress, cfg.until, skip, plan.retry_rows)
+        import ray
+
+        reader = Reader(shards, plan.progress, cfg.until, skip, plan.retry_rows,
+                        read_cpus=engine.prepare_cpus(),
+                        parallel=int(ray.cluster_resources().get("CPU", 2)),
+                        env=source_env_from_env())
         journal.write("running", counts)
         chunks = reader.chunks()
         first = next(chunks, None)
@@ -144,7 +150,7 @@ def run(cfg: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
 
 
 def _execute(cfg: RunConfig, table: CaptionsTable, plan: Plan, engine: Engine, reader: Reader,
-             first: tuple[str, pa.Table, list[dict[str, Any]]], chunks: Iterator[Any],
+             first: Chunk, chunks: Iterator[Chunk],
              run_id: str, counts: Counts, reporter: Reporter, journal: Journal,
              started: float) -> RunResult:
     import ray
@@ -155,8 +161,9 @@ def _execute(cfg: RunConfig, table: CaptionsTable, plan: Plan, engine: Engine, r
     _configure_data_context()
 
     retry_n = plan.failed_to_retry
+    # every chunk but the last of each stream holds at least CHUNK_ROWS source rows
     n_chunks = math.ceil(retry_n / CHUNK_ROWS) + math.ceil(
-        max(0, cfg.until - plan.progress.next_index) / CHUNK_ROWS) + 1
+        max(0, cfg.until - plan.progress.next_index) / CHUNK_ROWS) + 2
     per_block = max(1, math.ceil(n_chunks / MAX_RANGE_BLOCKS))
     feeder_name = f"enrich-feeder-{run_id}"
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -177,13 +184,13 @@ def _execute(cfg: RunConfig, table: CaptionsTable, plan: Plan, engine: Engine, r
     def feed() -> None:
         j = 0
         try:
-            item: Any = first
+            item: Chunk | None = first
             while item is not None:
-                kind, rows, dups = item
+                rows = item.table()
                 with held_lock:
-                    pending_dups.append((kind, dups))
+                    pending_dups.append((item.kind, item.dups))
                     sent.append((j, rows.num_rows))
-                ray.get(feeder.put.remote(j, [ray.put(rows)]))
+                ray.get(feeder.put.remote(j, [item.parts, rows]))
                 j += 1
                 item = next(chunks, None)
             ray.get(feeder.finish.remote(j))

@@ -1,22 +1,36 @@
-"""The driver-side reader: shards in canonical order, rows numbered, skip decisions made
-(duplicates never leave the driver), the rest handed out in fixed chunks of source rows."""
+"""The reader: Ray tasks read and hash the shards, several at once; the driver keeps only what is
+sequential — numbering rows in canonical order, deciding which are duplicates, grouping the rest
+into chunks. Image bytes never pass through the driver: a read task returns each block as a
+small metadata table (which the driver takes) and an image table (which stays in the object
+store); a chunk names the image blocks and the positions to take from them (feeder.py)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+import math
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
+import numpy as np
 import pyarrow as pa
 
+from enrich.errors import EnrichError
 from enrich.sink import Progress
 from enrich.skip import SkipIndex
-from enrich.source import Sample, Shard, iter_shard, prefetched
+from enrich.source import Shard, read_blocks
 
 log = logging.getLogger(__name__)
 
-CHUNK_ROWS = 128  # source rows per feeder chunk: one prepare task's worth (~0.7 s of CPU)
+# Source rows per read block and per feeder chunk (one prepare task's work, ~3 s of CPU for web
+# photos). Ray Data costs the driver CPU per block, not per row: at 128 rows these per-block costs
+# were 0.39 ms of driver CPU per row, at 512 0.12 ms (benchmarks/driver.py, PERFORMANCE.md).
+CHUNK_ROWS = 512
+IMAGE_FILES_PER_TASK = CHUNK_ROWS  # an image folder is one row per file: read many files per task
+# Before a shard has been read its size is unknown: a run this short reads one at a time, so
+# that `--until 100` on a hub dataset downloads one shard, not one per core.
+SMALL_RUN_ROWS = 10_000
 
 FETCH_SCHEMA = pa.schema([
     pa.field("source_index", pa.int64()),
@@ -24,32 +38,160 @@ FETCH_SCHEMA = pa.schema([
     pa.field("status", pa.string()),
     pa.field("error", pa.string()),
 ])
+# One chunk as the driver hands it out: which image block (``part``) and row in it, and the
+# row's number and status. The image bytes are taken from the blocks by the fetch stage.
+CHUNK_SCHEMA = pa.schema([
+    pa.field("part", pa.int32()),
+    pa.field("position", pa.int32()),
+    pa.field("source_index", pa.int64()),
+    pa.field("status", pa.string()),
+    pa.field("error", pa.string()),
+])
 
 
-
-@dataclass
-class RowMeta:
+class RowMeta(NamedTuple):
     shard: str
     offset: int
     key: str
     image_hash: str | None
 
 
+@dataclass
+class Chunk:
+    kind: str  # "retry" (failed rows read again) or "main"
+    parts: list[Any] = field(default_factory=list)  # ObjectRefs of image blocks
+    rows: list[pa.Table] = field(default_factory=list)  # CHUNK_SCHEMA pieces
+    dups: list[dict[str, Any]] = field(default_factory=list)  # held in the driver
+    source_rows: int = 0
+
+    def table(self) -> pa.Table:
+        return pa.concat_tables(self.rows) if self.rows else CHUNK_SCHEMA.empty_table()
+
+
+@dataclass(frozen=True)
+class ReadJob:
+    shards: tuple[Shard, ...]
+    start: int = 0
+    only: frozenset[int] | None = None  # retried rows: just these offsets of one shard
+
+
+def _read_job(job: ReadJob, limit: int | None) -> Iterator[pa.Table]:
+    """Ray task body (a streaming generator): metadata, images, metadata, images..."""
+    for meta, images in read_blocks(list(job.shards), start=job.start, only=job.only,
+                                    limit=limit, block_rows=CHUNK_ROWS):
+        yield meta
+        yield images
+
+
+def assemble(parts: list[pa.Table], rows: pa.Table) -> pa.Table:
+    """Fetch-stage core: a chunk's rows with their image bytes taken from the blocks."""
+    part = rows.column("part").to_numpy()
+    position = rows.column("position").to_numpy()
+    images = [parts[p].column("image").take(pa.array(position[part == p]))
+              for p in range(len(parts))]
+    image = pa.chunked_array([c for i in images for c in i.chunks], pa.binary())
+    return pa.table({"source_index": rows.column("source_index"), "image": image,
+                     "status": rows.column("status"), "error": rows.column("error")},
+                    schema=FETCH_SCHEMA)
+
+
+def _keys(column: pa.ChunkedArray) -> np.ndarray:
+    """A fixed_size_binary(16) column as a numpy S16 array, without a Python loop."""
+    arr = column.combine_chunks()
+    data = arr.buffers()[1]
+    return np.frombuffer(data, dtype="S16", count=len(arr), offset=arr.offset * 16)
+
+
+def _ray_get(ref: Any) -> Any:
+    """ray.get, with enrich's own errors from a read task (an unreachable source, exit 5)
+    raised as themselves rather than wrapped in Ray's task error."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, EnrichError):
+            raise exc.cause from None
+        raise
+
+
 class Reader:
-    """Reads the source from the resume position (and the failed rows to retry, first), and
-    yields chunks: (rows to send as an Arrow table, duplicates held back in the driver)."""
+    """Reads the source from the resume position (and the failed rows to retry, first) through
+    read tasks, and yields :class:`Chunk` s in order."""
 
     def __init__(self, shards: list[Shard], start: Progress, until: int, skip: SkipIndex,
-                 retry_rows: pa.Table) -> None:
+                 retry_rows: pa.Table, *, read_cpus: float = 1.0, parallel: int = 2,
+                 env: dict[str, str] | None = None,
+                 launch: Callable[[ReadJob, int | None], Any] | None = None) -> None:
         self.shards = shards
         self.start = start
         self.until = until
         self.skip = skip
         self.retry_rows = retry_rows
+        self.parallel = max(1, parallel)
         self.meta: dict[int, RowMeta] = {}
         self.exhausted = False
+        self.rows_read = 0
+        self.jobs_read = 0
+        self._launch = launch or self._ray_launcher(read_cpus, env or {})
 
-    def _retry_samples(self) -> Iterator[tuple[int, Sample]]:
+    @staticmethod
+    def _ray_launcher(read_cpus: float, env: dict[str, str]) -> Callable[[ReadJob, int | None], Any]:
+        import ray
+
+        task = ray.remote(_read_job).options(num_returns="streaming", num_cpus=read_cpus,
+                                             runtime_env={"env_vars": env} if env else None)
+        return lambda job, limit: task.remote(job, limit)
+
+    # ---- read jobs, run `width()` at a time, their blocks handed on in job order -----------
+    def _blocks(self, jobs: Iterator[ReadJob], width: Callable[[], int],
+                limit: int | None) -> Iterator[tuple[pa.Table, Any]]:
+        window: deque[Any] = deque()
+
+        def fill() -> None:
+            while len(window) < width():
+                job = next(jobs, None)
+                if job is None:
+                    return
+                window.append(self._launch(job, limit))
+
+        fill()
+        try:
+            while window:
+                gen = window[0]
+                for meta_ref in gen:
+                    meta = _ray_get(meta_ref)  # a failed task: its error is in this ref
+                    images_ref = next(gen)
+                    self.rows_read += meta.num_rows
+                    yield meta, images_ref
+                window.popleft()
+                self.jobs_read += 1
+                fill()
+        finally:
+            import ray
+
+            for gen in window:  # stopped early (--until reached): the rest is not needed
+                try:
+                    ray.cancel(gen)
+                except Exception:  # noqa: BLE001 - already finished, or cannot cancel: harmless
+                    pass
+
+    def _jobs(self, shards: list[Shard], start: int) -> Iterator[ReadJob]:
+        i = 0
+        while i < len(shards):
+            take = IMAGE_FILES_PER_TASK if shards[i].kind == "image" else 1
+            yield ReadJob(tuple(shards[i:i + take]), start if i == 0 else 0)
+            i += take
+
+    def _main_width(self) -> int:
+        remaining = self.until - self.start.next_index
+        if self.jobs_read == 0:
+            return self.parallel if remaining >= SMALL_RUN_ROWS else 1
+        per_job = max(1.0, self.rows_read / self.jobs_read)
+        return max(1, min(self.parallel, math.ceil(remaining / per_job) + 1))
+
+    # ---- the two streams ---------------------------------------------------------------------
+    def _retry_blocks(self) -> Iterator[tuple[np.ndarray, pa.Table, Any]]:
         if self.retry_rows.num_rows == 0:
             return
         by_name = {s.name: s for s in self.shards}
@@ -57,18 +199,18 @@ class Reader:
         for row in self.retry_rows.to_pylist():
             wanted.setdefault(row["source_shard"], {})[row["source_offset"]] = row["source_index"]
         for name in sorted(wanted):
-            offsets = wanted[name]
-            shard = by_name.get(name)
-            if shard is None:
-                log.warning("shard %s of %d failed rows is gone from the source", name, len(offsets))
-                continue
-            for sample in iter_shard(shard, start=min(offsets)):
-                if sample.offset in offsets and not sample.error:
-                    yield offsets.pop(sample.offset), sample
-                if not offsets:
-                    break
+            if name not in by_name:
+                log.warning("shard %s of %d failed rows is gone from the source", name,
+                            len(wanted[name]))
+        jobs = iter([ReadJob((by_name[n],), only=frozenset(wanted[n])) for n in sorted(wanted)
+                     if n in by_name])
+        for meta, images_ref in self._blocks(jobs, lambda: self.parallel, None):
+            names = meta.column("shard").to_pylist()
+            offsets = meta.column("offset").to_pylist()
+            index = np.array([wanted[n][o] for n, o in zip(names, offsets, strict=True)], np.int64)
+            yield index, meta, images_ref
 
-    def _main_samples(self) -> Iterator[tuple[int, Sample]]:
+    def _main_blocks(self) -> Iterator[tuple[np.ndarray, pa.Table, Any]]:
         index = self.start.next_index
         if index >= self.until:
             return
@@ -79,59 +221,67 @@ class Reader:
                 first, offset = names.index(self.start.next_shard), self.start.next_offset
             else:  # the shard we stopped in vanished: continue with the next name after it
                 first = sum(1 for n in names if n < self.start.next_shard)
-        for shard in prefetched(self.shards[first:]):
-            for sample in iter_shard(shard, start=offset):
-                yield index, sample
-                index += 1
-                if index >= self.until:
-                    return
-            offset = 0
+        jobs = self._jobs(self.shards[first:], offset)
+        for meta, images_ref in self._blocks(jobs, self._main_width, self.until - index):
+            take = min(meta.num_rows, self.until - index)
+            yield np.arange(index, index + take, dtype=np.int64), meta.slice(0, take), images_ref
+            index += take
+            if index >= self.until:
+                return
         self.exhausted = True
 
-    def chunks(self) -> Iterator[tuple[str, pa.Table, list[dict[str, Any]]]]:
-        """Yields (kind, rows to send, duplicate rows) with kind ``retry`` then ``main``."""
-        for kind, samples in (("retry", self._retry_samples()), ("main", self._main_samples())):
-            batch: list[tuple[int, Sample]] = []
-            for item in samples:
-                batch.append(item)
-                if len(batch) == CHUNK_ROWS:
-                    yield (kind, *self._chunk(batch))
-                    batch = []
-            if batch:
-                yield (kind, *self._chunk(batch))
+    # ---- decisions ---------------------------------------------------------------------------
+    def chunks(self) -> Iterator[Chunk]:
+        """Chunks of CHUNK_ROWS source rows (fewer at the end of a stream; a block may be split
+        between two chunks), retried rows first, then the main stream."""
+        for kind, blocks in (("retry", self._retry_blocks()), ("main", self._main_blocks())):
+            chunk = Chunk(kind)
+            for index, meta, images_ref in blocks:
+                done = 0
+                while done < meta.num_rows:
+                    take = min(meta.num_rows - done, CHUNK_ROWS - chunk.source_rows)
+                    self._decide(chunk, index[done:done + take], meta.slice(done, take),
+                                 images_ref, done)
+                    done += take
+                    if chunk.source_rows == CHUNK_ROWS:
+                        yield chunk
+                        chunk = Chunk(kind)
+            if chunk.source_rows:
+                yield chunk
 
-    def _chunk(self, batch: list[tuple[int, Sample]]) -> tuple[pa.Table, list[dict[str, Any]]]:
-        hashes = [s.image_hash for _, s in batch]
-        known = self.skip.contains_many([h or "" for h in hashes])
-        send_idx: list[int] = []
-        send_img: list[bytes | None] = []
-        send_status: list[str] = []
-        send_err: list[str | None] = []
-        dups: list[dict[str, Any]] = []
-        in_chunk: set[str] = set()  # the bulk lookup above cannot see this chunk's own repeats
-        for (index, sample), h, seen in zip(batch, hashes, known, strict=False):
-            self.meta[index] = RowMeta(sample.shard, sample.offset, sample.key, h)
-            if sample.error:
-                send_idx.append(index)
-                send_img.append(None)
-                send_status.append("rejected")
-                send_err.append(sample.error)
-            elif h is not None and (seen or h in in_chunk):
-                dups.append({"source_index": index, "status": "duplicate", "image_hash": h,
-                             "error": "duplicate image: the same bytes are captioned under this "
-                                      "caption config (join on image_hash)"})
-            else:
-                if h is not None:
-                    self.skip.add(h)
-                    in_chunk.add(h)
-                send_idx.append(index)
-                send_img.append(sample.image)
-                send_status.append("pending")
-                send_err.append(None)
-        table = pa.table({"source_index": pa.array(send_idx, pa.int64()),
-                          "image": pa.array(send_img, pa.binary()),
-                          "status": pa.array(send_status, pa.string()),
-                          "error": pa.array(send_err, pa.string())}, schema=FETCH_SCHEMA)
-        return table, dups
-
+    def _decide(self, chunk: Chunk, index: np.ndarray, meta: pa.Table, images_ref: Any,
+                base: int) -> None:
+        """Number, judge and add to ``chunk`` the rows of ``meta``, which start at row ``base``
+        of the image block ``images_ref``."""
+        n = meta.num_rows
+        hashes = meta.column("image_hash")
+        has_hash = hashes.is_valid().to_numpy(zero_copy_only=False)
+        is_error = meta.column("error").is_valid().to_numpy(zero_copy_only=False)
+        keys = _keys(meta.column("hash16"))
+        # Seen before (in the table or earlier in the stream), or earlier in this block.
+        first = np.zeros(n, dtype=bool)
+        first[np.unique(keys, return_index=True)[1]] = True
+        dup = has_hash & ~is_error & (self.skip.contains_keys(keys) | ~first)
+        send = ~dup
+        self.skip.add_keys(keys[send & has_hash])
+        hash_list = hashes.to_pylist()
+        self.meta.update(zip(index.tolist(), map(RowMeta._make, zip(
+            meta.column("shard").to_pylist(), meta.column("offset").to_pylist(),
+            meta.column("key").to_pylist(), hash_list, strict=True)), strict=True))
+        for i in np.flatnonzero(dup).tolist():
+            chunk.dups.append({"source_index": int(index[i]), "status": "duplicate",
+                               "image_hash": hash_list[i],
+                               "error": "duplicate image: the same bytes are captioned under this "
+                                        "caption config (join on image_hash)"})
+        position = np.flatnonzero(send).astype(np.int32)
+        if len(position):
+            errors = meta.column("error").take(pa.array(position))
+            status = pa.array(np.where(is_error[position], "rejected", "pending").tolist(), pa.string())
+            chunk.rows.append(pa.table({
+                "part": pa.array(np.full(len(position), len(chunk.parts), np.int32)),
+                "position": pa.array(position + np.int32(base)),
+                "source_index": pa.array(index[position]),
+                "status": status, "error": errors}, schema=CHUNK_SCHEMA))
+            chunk.parts.append(images_ref)
+        chunk.source_rows += n
 

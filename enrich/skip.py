@@ -56,7 +56,10 @@ class SkipIndex:
         return np.frombuffer(bytes.fromhex(joined), dtype=f"S{PREFIX}")
 
     def contains_many(self, hex_hashes: list[str]) -> np.ndarray:
-        keys = self._keys(hex_hashes)
+        return self.contains_keys(self._keys(hex_hashes))
+
+    def contains_keys(self, keys: np.ndarray) -> np.ndarray:
+        """Bulk lookup of 16-byte keys (a numpy ``S16`` array: hash prefixes, as read tasks send)."""
         pos = np.searchsorted(self._sorted, keys)
         pos = np.minimum(pos, max(len(self._sorted) - 1, 0))
         found = self._sorted[pos] == keys if len(self._sorted) else np.zeros(len(keys), bool)
@@ -69,6 +72,13 @@ class SkipIndex:
 
     def add(self, hex_hash: str) -> None:
         self._recent.add(_prefix(hex_hash))
+        self._maybe_merge()
+
+    def add_keys(self, keys: np.ndarray) -> None:
+        self._recent.update(keys.tolist())  # tolist strips NULs the way _prefix does
+        self._maybe_merge()
+
+    def _maybe_merge(self) -> None:
         if len(self._recent) >= MERGE_EVERY:
             merged = np.concatenate([self._sorted, np.array(list(self._recent), f"S{PREFIX}")])
             self._sorted = np.unique(merged)

@@ -19,9 +19,7 @@ import logging
 import os
 import tarfile
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import IO
@@ -37,10 +35,6 @@ TEXT_EXTS = ("txt",)
 # Transient read errors (network, object store) are retried by reopening the shard and skipping
 # what was already read; content errors (a truncated or non-tar file) are not.
 READ_RETRIES = 4
-# Remote shards (hub, object stores) are downloaded this many ahead, concurrently: one HTTP
-# stream gives tens of MB/s, and a large cluster needs the reader to deliver thousands of
-# images/s (PERFORMANCE.md). A hub shard is ~130 MB, so this holds ~0.5 GB in the driver.
-PREFETCH_SHARDS = 4
 
 
 @dataclass(frozen=True)
@@ -48,7 +42,7 @@ class Shard:
     name: str  # the shard's file name, the table's source_shard
     url: str  # what to open
     open: Callable[[], IO[bytes]]
-    remote: bool = False  # on an object store or the hub: worth downloading ahead
+    remote: bool = False  # on an object store or the hub: a read task downloads it whole
     kind: str = "tar"  # "tar" (webdataset), "parquet" (a file of rows) or "image" (one image file)
     column: str | None = None  # parquet: the image column
 
@@ -245,7 +239,8 @@ def _list_fsspec(url: str, shown: str | None = None, image_column: str | None = 
         attempt += 1
         try:
             if url.startswith("hf://"):
-                # HfFileSystem reads HF_TOKEN from the environment itself; we never pass it around.
+                # HfFileSystem reads HF_TOKEN from the environment itself (read tasks get the
+                # driver's HF_* variables, config.source_env_from_env); enrich never handles it.
                 from huggingface_hub import HfFileSystem
 
                 fs = HfFileSystem(skip_instance_cache=True)  # no listing cached from a failed try
@@ -426,30 +421,65 @@ def _bytes_opener(data: bytes) -> Callable[[], IO[bytes]]:
     return lambda: io.BytesIO(data)
 
 
-def prefetched(shards: list[Shard], *, ahead: int = PREFETCH_SHARDS) -> Iterator[Shard]:
-    """The same shards in the same order; remote ones come already downloaded, the next
-    ``ahead`` of them fetched concurrently while the current one is read. Local shards pass
-    through untouched (the page cache does this job)."""
-    # Whether a shard is remote is known where it was listed: fsspec and HfFileSystem paths
-    # carry no "://" (a check on the url missed every hub and object-store shard).
-    if not any(s.remote for s in shards):
-        yield from shards
-        return
-    pool = ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="enrich-prefetch")
-    pending: deque[tuple[Shard, Future[bytes]]] = deque()
-    upcoming = iter(shards)
-    try:
-        for shard in upcoming:
-            pending.append((shard, pool.submit(_download, shard)))
-            if len(pending) >= ahead:
+# --------------------------------------------------------------------------------------------
+# One read task's work (reader.py runs it in Ray): a shard's rows from a position, in blocks,
+# hashed. The metadata and the image bytes are separate tables, so the driver can take the
+# small one and leave the bytes in the object store for the fetch stage.
+# --------------------------------------------------------------------------------------------
+META_SCHEMA = pa.schema([
+    pa.field("shard", pa.string()),
+    pa.field("offset", pa.int64()),
+    pa.field("key", pa.string()),
+    pa.field("image_hash", pa.string()),  # sha256 hex; null: no image
+    pa.field("hash16", pa.binary(16)),  # its first 16 bytes (the skip index's key); zeros if null
+    pa.field("error", pa.string()),  # a shard-level error marker
+])
+IMAGES_SCHEMA = pa.schema([pa.field("image", pa.binary())])
+_NO_HASH = bytes(16)
+
+
+def _block(samples: list[Sample]) -> tuple[pa.Table, pa.Table]:
+    digests = [None if s.image is None else hashlib.sha256(s.image).digest() for s in samples]
+    meta = pa.table({
+        "shard": pa.array([s.shard for s in samples], pa.string()),
+        "offset": pa.array([s.offset for s in samples], pa.int64()),
+        "key": pa.array([s.key for s in samples], pa.string()),
+        "image_hash": pa.array([d.hex() if d else None for d in digests], pa.string()),
+        "hash16": pa.array([d[:16] if d else _NO_HASH for d in digests], pa.binary(16)),
+        "error": pa.array([s.error for s in samples], pa.string()),
+    }, schema=META_SCHEMA)
+    return meta, pa.table({"image": pa.array([s.image for s in samples], pa.binary())},
+                          schema=IMAGES_SCHEMA)
+
+
+def read_blocks(shards: list[Shard], *, start: int = 0, only: frozenset[int] | None = None,
+                limit: int | None = None, block_rows: int = 128) -> Iterator[tuple[pa.Table, pa.Table]]:
+    """The rows of ``shards`` in order (the first from position ``start``; or, for retried rows,
+    just the offsets in ``only`` of a single shard), at most ``limit`` of them, as (metadata,
+    image bytes) table pairs of up to ``block_rows`` rows.
+
+    A remote shard (object store, hub) is downloaded whole first, with retries: one request
+    stream instead of many range reads, and a dropped connection costs one shard's download."""
+    wanted = set(only) if only is not None else None
+    buf: list[Sample] = []
+    count = 0
+    for n, shard in enumerate(shards):
+        if wanted == set() or (limit is not None and count >= limit):
+            break
+        if shard.remote:
+            shard = dataclasses.replace(shard, open=_bytes_opener(_download(shard)))
+        first = min(wanted) if wanted else (start if n == 0 else 0)
+        for sample in iter_shard(shard, start=first):
+            if wanted is not None:
+                if sample.offset not in wanted or sample.error:
+                    continue
+                wanted.discard(sample.offset)
+            buf.append(sample)
+            count += 1
+            if len(buf) == block_rows:
+                yield _block(buf)
+                buf = []
+            if (limit is not None and count >= limit) or wanted == set():
                 break
-        while pending:
-            shard, future = pending.popleft()
-            data = future.result()
-            nxt = next(upcoming, None)
-            if nxt is not None:
-                pending.append((nxt, pool.submit(_download, nxt)))
-            # the same shard (kind, image column...), read from memory
-            yield dataclasses.replace(shard, open=_bytes_opener(data))
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+    if buf:
+        yield _block(buf)

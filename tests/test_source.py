@@ -70,34 +70,47 @@ def test_sample_source_is_deterministic(tmp_path: Path) -> None:
                                  for h in hashes)  # and a zero-byte member
 
 
-def test_remote_shards_are_prefetched_in_order(tmp_path: Path) -> None:
-    from enrich.source import Shard, prefetched
+def test_read_blocks_hash_and_split_rows_like_iter_shard(tmp_path: Path) -> None:
+    """A read task's output: the same rows as iter_shard, in blocks, metadata apart from bytes."""
+    import hashlib
 
-    for n in range(6):
-        write_tar(tmp_path / f"{n:05d}.tar", [(f"s{n}k{i}.jpg", bytes([n, i])) for i in range(3)])
-    local = list_shards(str(tmp_path))
-    opened: list[str] = []
+    from enrich.reader import CHUNK_SCHEMA, assemble
+    from enrich.source import read_blocks
 
-    def remote(shard):  # an fsspec-like URL, opened through the shard's own opener
-        def _open():
-            opened.append(shard.name)
-            return shard.open()
-        return Shard(shard.name, "memory://" + shard.url, _open, remote=True)
+    for n in range(3):
+        write_tar(tmp_path / f"{n:05d}.tar", [(f"s{n}k{i}.jpg", bytes([n, i])) for i in range(5)])
+    shards = list_shards(str(tmp_path))
+    blocks = list(read_blocks(shards, start=2, block_rows=4))
+    metas = [m for m, _ in blocks]
+    assert [m.num_rows for m in metas] == [4, 4, 4, 1]  # 3 + 5 + 5 rows, from offset 2 of the first
+    rows = [r for m in metas for r in m.to_pylist()]
+    want = [(s.shard, s.offset, s.key, s.image) for i, sh in enumerate(shards)
+            for s in iter_shard(sh, start=2 if i == 0 else 0)]
+    assert [(r["shard"], r["offset"], r["key"]) for r in rows] == [w[:3] for w in want]
+    images = [img for _, t in blocks for img in t.column("image").to_pylist()]
+    assert images == [w[3] for w in want]
+    assert [r["image_hash"] for r in rows] == [hashlib.sha256(w[3]).hexdigest() for w in want]
+    assert all(r["hash16"] == bytes.fromhex(r["image_hash"])[:16] for r in rows)
+    # limit, and retried offsets of one shard
+    assert sum(m.num_rows for m, _ in read_blocks(shards, limit=6, block_rows=4)) == 6
+    only = list(read_blocks(shards[1:2], only=frozenset({4, 1})))
+    assert [r["offset"] for r in only[0][0].to_pylist()] == [1, 4]
+    # the fetch stage's take: rows 1 and 3 of block 0, row 0 of block 1
+    import pyarrow as pa
+    chunk = pa.table({"part": pa.array([0, 0, 1], pa.int32()), "position": pa.array([1, 3, 0], pa.int32()),
+                      "source_index": pa.array([7, 8, 9], pa.int64()),
+                      "status": ["pending"] * 3, "error": pa.array([None] * 3, pa.string())},
+                     schema=CHUNK_SCHEMA)
+    got = assemble([blocks[0][1], blocks[1][1]], chunk)
+    assert got.column("image").to_pylist() == [images[1], images[3], images[4]]
+    assert got.column("source_index").to_pylist() == [7, 8, 9]
 
-    shards = [remote(s) for s in local]
-    got = [(s.shard, s.key) for shard in prefetched(shards, ahead=3) for s in iter_shard(shard)]
-    assert got == [(s.shard, s.key) for shard in local for s in iter_shard(shard)]
-    assert sorted(opened) == [s.name for s in local]
-    # stopping early does not hang and does not read everything
-    opened.clear()
-    first = next(iter(prefetched(shards, ahead=2)))
-    assert first.name == "00000.tar" and len(opened) <= 3
 
-
-def test_listed_remote_shards_are_marked_and_prefetched_whatever_their_path(
+def test_listed_remote_shards_are_marked_and_downloaded_whole_whatever_their_path(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """fsspec (and the hub's HfFileSystem) list paths without "://": the shards must still be
-    downloaded ahead. Checked on fsspec's in-memory filesystem."""
+    known as remote, so a read task downloads each whole (with retries) instead of reading it in
+    range requests. Checked on fsspec's in-memory filesystem."""
     import io
     import tarfile
 
@@ -124,8 +137,8 @@ def test_listed_remote_shards_are_marked_and_prefetched_whatever_their_path(
         return real(shard)
 
     monkeypatch.setattr(source, "_download", counting)
-    got = [s.key for shard in source.prefetched(shards, ahead=2) for s in iter_shard(shard)]
-    assert got == [f"k{n}" for n in range(4)] and sorted(downloaded) == [s.name for s in shards]
+    got = [r["key"] for meta, _ in source.read_blocks(shards) for r in meta.to_pylist()]
+    assert got == [f"k{n}" for n in range(4)] and downloaded == [s.name for s in shards]
 
 
 def test_hub_spellings_name_one_dataset() -> None:
