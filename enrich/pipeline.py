@@ -61,11 +61,13 @@ class RunResult:
 # --------------------------------------------------------------------------------------------
 # The run.
 # --------------------------------------------------------------------------------------------
-def chunks_in_flight(cfg: RunConfig) -> int:
+def chunks_in_flight(cfg: RunConfig, cpus: float) -> int:
     """How many chunks may be between the reader and the committer: enough to keep every engine
-    replica's queue full (4 batches in flight per replica) plus the prepare stage busy."""
+    replica's queue full (4 batches in flight per replica) plus a prepare task on every CPU
+    (twice over: one being prepared, one waiting for the engine)."""
     engine_rows = cfg.replicas * cfg.batch_size * 4
-    return math.ceil((MIN_ROWS_IN_FLIGHT + engine_rows) / CHUNK_ROWS)
+    prepare_rows = max(MIN_ROWS_IN_FLIGHT, 2 * math.ceil(cpus) * CHUNK_ROWS)
+    return math.ceil((prepare_rows + engine_rows) / CHUNK_ROWS)
 
 
 def _init_ray(cfg: RunConfig) -> None:
@@ -171,7 +173,7 @@ def _execute(cfg: RunConfig, table: CaptionsTable, plan: Plan, engine: Engine, r
     # The feeder lives on the driver's node: losing another node must not lose its chunks.
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     feeder = make_feeder_class().options(name=feeder_name, scheduling_strategy=here).remote(
-        chunks_in_flight(cfg))
+        chunks_in_flight(cfg, ray.cluster_resources().get("CPU", 2)))
     committer = Committer(cfg, table, plan, reader, run_id, counts)
     retry_indices = set(reader.retry_rows.column("source_index").to_pylist())
     held_lock = threading.Lock()
