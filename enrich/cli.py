@@ -36,6 +36,11 @@ def build_run_parser() -> argparse.ArgumentParser:
     g.add_argument("--image-column", metavar="NAME",
                    help="parquet sources: the image column ({bytes, path} struct or binary; "
                    "default: found from the schema)")
+    g.add_argument("--subset", metavar="NAME",
+                   help="hub datasets: the subset (the `datasets` config name; default: as "
+                   "`datasets` picks, e.g. the only one)")
+    g.add_argument("--split", metavar="NAME",
+                   help="hub datasets: the split (default: train, or the only split)")
     g.add_argument("--table", help="Delta table path or s3:// gs:// az:// URI (default ./captions)")
     g.add_argument("--engine", choices=ENGINES,
                    help="caption engine (default vllm); dry-run is a deterministic CPU engine")

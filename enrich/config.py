@@ -80,6 +80,8 @@ class RunConfig:
     until: int
     source: str = DEFAULT_SOURCE
     image_column: str | None = None  # parquet sources: the image column (default: found from the schema)
+    subset: str | None = None  # hub datasets: the subset (a `datasets` config name); default as `datasets` picks
+    split: str | None = None  # hub datasets: the split; default "train", or the only one
     table: str = "./captions"
     engine: EngineName = "vllm"
     image_size: int = 225
@@ -269,8 +271,13 @@ SOURCE_ENV_PREFIXES = ("HF_", "HUGGING_FACE_", "AWS_", "GOOGLE_", "AZURE_", "FSS
 
 
 def source_env_from_env() -> dict[str, str]:
-    """Environment variables the read tasks get from the driver (their runtime_env)."""
-    return {k: v for k, v in os.environ.items() if k.startswith(SOURCE_ENV_PREFIXES)}
+    """Environment variables the read tasks get from the driver (their runtime_env). Secrets are
+    not among them: Ray keeps a task's runtime_env in its control plane and shows it in its
+    dashboard, so tokens and keys must be set on the cluster's nodes (a local Ray started by
+    enrich inherits them from the driver anyway)."""
+    secret = ("TOKEN", "SECRET", "KEY", "PASSWORD", "CREDENTIALS")
+    return {k: v for k, v in os.environ.items() if k.startswith(SOURCE_ENV_PREFIXES)
+            and k not in SECRET_ENV and not any(w in k for w in secret)}
 
 
 def run_identity(source: str, caption: CaptionConfig) -> str:

@@ -243,7 +243,7 @@ def _sample_rows(table: CaptionsTable, k: int, statuses: list[str] | None, max_s
 def _thumbnails(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int], str | None]:
     from PIL import Image
 
-    from enrich.source import iter_shard, list_shards
+    from enrich.source import iter_shard, list_shards, split_stream
 
     thumbs: dict[tuple[str, str, int], str | None] = {}
     wanted: dict[tuple[str, str], set[int]] = {}
@@ -251,7 +251,8 @@ def _thumbnails(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int], str | 
         wanted.setdefault((r["source"], r["source_shard"]), set()).add(r["source_offset"])
     for (source, shard_name), offsets in wanted.items():
         try:
-            shards = {s.name: s for s in list_shards(source)}
+            base, subset, split = split_stream(source)
+            shards = {s.name: s for s in list_shards(base, subset=subset, split=split)}
         except UsageError:
             continue
         shard = shards.get(shard_name)

@@ -113,7 +113,8 @@ def run(cfg: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
     if plan.nothing_to_do:  # answered from the Delta log alone: no source listing, no Ray
         reporter.start(plan)
         return RunResult(run_id, counts, 0, 0, time.time() - started, 0, "nothing to do", plan)
-    shards = list_shards(cfg.source, image_column=cfg.image_column)  # a bad source fails here, before anything is written
+    shards = list_shards(cfg.source, image_column=cfg.image_column, subset=cfg.subset,
+                         split=cfg.split)  # a bad source fails here, before anything is written
     from enrich.engines import make_engine
 
     journal = Journal(cfg, run_id, plan)
@@ -132,7 +133,9 @@ def run(cfg: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
         reader = Reader(shards, plan.progress, cfg.until, skip, plan.retry_rows,
                         read_cpus=engine.prepare_cpus(),
                         parallel=int(ray.cluster_resources().get("CPU", 2)),
-                        env=source_env_from_env())
+                        # Only remote sources need the driver's settings; forwarding them costs a
+                        # worker pool of their own (a runtime_env), i.e. seconds of start-up.
+                        env=source_env_from_env() if any(s.remote for s in shards) else None)
         journal.write("running", counts)
         chunks = reader.chunks()
         first = next(chunks, None)

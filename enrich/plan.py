@@ -59,10 +59,11 @@ class Plan:
 
 def make_plan(cfg: RunConfig, table: CaptionsTable) -> Plan:
     from enrich.engines import make_engine
-    from enrich.source import source_spellings
+    from enrich.source import source_spellings, stream_selector
 
     caption = cfg.caption
-    spellings = source_spellings(cfg.source)
+    selector = stream_selector(cfg.subset, cfg.split)  # another subset or split: another stream
+    spellings = [s + selector for s in source_spellings(cfg.source)]
     # One stream per dataset however it is spelled: continue under the spelling the table
     # already knows (tables written before spellings were unified keep theirs), else the
     # canonical one.

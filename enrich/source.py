@@ -22,13 +22,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import IO
+from typing import IO, Any, TypeVar
 
 import pyarrow as pa
 
 from enrich.errors import SourceError, SourceUnavailableError, one_line
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 TEXT_EXTS = ("txt",)
@@ -149,13 +150,40 @@ def source_spellings(source: str) -> list[str]:
     return [source]
 
 
-def list_shards(source: str, *, sample_dir: str | None = None,
-                image_column: str | None = None) -> list[Shard]:
+def is_hub_dataset(source: str) -> bool:
+    """``ORG/NAME`` or ``hf://datasets/ORG/NAME``: a whole dataset on the hub (not a path in it)."""
+    return len(source_spellings(source)) > 1
+
+
+def stream_selector(subset: str | None, split: str | None) -> str:
+    """What ``--subset``/``--split`` add to a hub source's identity in the table (nothing when
+    neither is given: tables that predate the flags keep their stream)."""
+    parts = [f"{k}={v}" for k, v in (("subset", subset), ("split", split)) if v]
+    return "?" + "&".join(parts) if parts else ""
+
+
+def split_stream(stream: str) -> tuple[str, str | None, str | None]:
+    """A table's ``source`` value back into (source, subset, split): the inverse of appending
+    :func:`stream_selector`."""
+    base, sep, query = stream.partition("?")
+    if not sep or not is_hub_dataset(base):
+        return stream, None, None
+    got = dict(p.partition("=")[::2] for p in query.split("&"))
+    return base, got.get("subset") or None, got.get("split") or None
+
+
+def list_shards(source: str, *, sample_dir: str | None = None, image_column: str | None = None,
+                subset: str | None = None, split: str | None = None) -> list[Shard]:
     """The shards of ``source`` in canonical (name) order. Raises :class:`SourceError`."""
+    if (subset or split) and not is_hub_dataset(source):
+        raise SourceError(f"--subset/--split choose among a hub dataset's files; --source {source!r} "
+                          "is not a hub dataset id")
     if source == "sample":
         from enrich.sample import ensure_sample
 
         return list_shards(str(ensure_sample(sample_dir)), image_column=image_column)
+    if is_hub_dataset(source):
+        return _list_hub(source_spellings(source)[0], source, image_column, subset, split)
     if _is_hub_id(source) or source.startswith("hf://"):
         return _list_fsspec(source if source.startswith("hf://") else f"hf://datasets/{source}",
                             shown=source, image_column=image_column)
@@ -230,30 +258,16 @@ def _opener_local(path: str) -> Callable[[], IO[bytes]]:
     return _open
 
 
-def _list_fsspec(url: str, shown: str | None = None, image_column: str | None = None) -> list[Shard]:
-    import fsspec
-
-    shown = shown or url  # the spelling the user typed, for messages
+def _listing(shown: str, list_once: Callable[[], _T]) -> _T:
+    """``list_once()`` with transient errors retried (bounded backoff); what is left becomes
+    SourceUnavailableError (exit 5), a source that does not exist SourceError (exit 2)."""
     attempt = 0
     while True:
         attempt += 1
         try:
-            if url.startswith("hf://"):
-                # HfFileSystem reads HF_TOKEN from the environment itself (read tasks get the
-                # driver's HF_* variables, config.source_env_from_env); enrich never handles it.
-                from huggingface_hub import HfFileSystem
-
-                fs = HfFileSystem(skip_instance_cache=True)  # no listing cached from a failed try
-                root = url[len("hf://") :]
-            else:
-                fs, root = fsspec.core.url_to_fs(url)
-            if any(ch in root for ch in "*?["):
-                paths = fs.glob(root)
-            else:
-                paths = fs.glob(root.rstrip("/") + "/**/*.tar") or \
-                    fs.glob(root.rstrip("/") + "/**/*.parquet")
-            paths = sorted(paths, key=lambda p: (PurePosixPath(p).name, p))
-            break
+            return list_once()
+        except SourceError:
+            raise
         except Exception as exc:  # noqa: BLE001 - sorted below: transient, missing, or unusable
             if is_transient(exc):
                 if attempt > READ_RETRIES:
@@ -265,14 +279,89 @@ def _list_fsspec(url: str, shown: str | None = None, image_column: str | None = 
             why = "not found" if is_missing(exc) else "cannot list shards"
             raise SourceError(f"--source {shown!r}: {why} ({type(exc).__name__}: "
                               f"{one_line(str(exc))[:300]})") from None
+
+
+def _list_fsspec(url: str, shown: str | None = None, image_column: str | None = None) -> list[Shard]:
+    import fsspec
+
+    shown = shown or url  # the spelling the user typed, for messages
+
+    def list_once() -> tuple[object, list[str]]:
+        if url.startswith("hf://"):
+            # HfFileSystem reads HF_TOKEN from the environment itself; enrich never handles it.
+            from huggingface_hub import HfFileSystem
+
+            fs = HfFileSystem(skip_instance_cache=True)  # no listing cached from a failed try
+            root = url[len("hf://") :]
+        else:
+            fs, root = fsspec.core.url_to_fs(url)
+        if any(ch in root for ch in "*?["):
+            paths = fs.glob(root)
+        else:
+            paths = fs.glob(root.rstrip("/") + "/**/*.tar") or \
+                fs.glob(root.rstrip("/") + "/**/*.parquet")
+        return fs, sorted(paths, key=lambda p: (PurePosixPath(p).name, p))
+
+    fs, paths = _listing(shown, list_once)
     if not paths:
         raise SourceError(f"--source {shown!r}: no .tar shards or .parquet files found")
 
-    def opener(p: str) -> Callable[[], IO[bytes]]:
-        return lambda: fs.open(p, "rb", block_size=8 * 1024 * 1024)
-
     kind = "parquet" if paths[0].endswith(".parquet") else "tar"
-    shards = [Shard(PurePosixPath(p).name, p, opener(p), remote=True, kind=kind) for p in paths]
+    shards = [Shard(PurePosixPath(p).name, p, _opener_fs(fs, p), remote=True, kind=kind) for p in paths]
+    return _with_image_column(shards, image_column, shown) if kind == "parquet" else shards
+
+
+def _opener_fs(fs: Any, path: str) -> Callable[[], IO[bytes]]:
+    return lambda: fs.open(path, "rb", block_size=8 * 1024 * 1024)
+
+
+# The `datasets` library knows the hub's conventions for a dataset's subsets (configs), splits
+# and file formats (README YAML, folder and file naming); enrich asks it which files make up a
+# split and reads those files itself (see FACTS.md: `datasets`' own iterators lose every row
+# after a corrupt image, and read a dataset in one task).
+_HUB_FORMATS = {"webdataset": "tar", "parquet": "parquet", "imagefolder": "image"}
+
+
+def _list_hub(repo: str, shown: str, image_column: str | None, subset: str | None,
+              split: str | None) -> list[Shard]:
+    def resolve_once() -> tuple[str, dict[str, list[str]]]:
+        import datasets
+        from huggingface_hub import constants
+
+        if constants.HF_HUB_OFFLINE:
+            raise SourceError(f"--source {shown!r}: HF_HUB_OFFLINE is set, so the hub is not asked "
+                              "for the dataset's files")
+        builder = datasets.load_dataset_builder(repo, name=subset)
+        files = {str(k): [str(u) for u in v] for k, v in (builder.config.data_files or {}).items()}
+        return type(builder).__module__.rsplit(".", 1)[-1], files
+
+    module, files = _listing(shown, resolve_once)
+    kind = _HUB_FORMATS.get(module)
+    if kind is None:
+        raise SourceError(f"--source {shown!r}: a {module} dataset; enrich reads webdataset, parquet "
+                          "and image folder datasets")
+    names = list(files)
+    chosen = split or ("train" if "train" in files else names[0] if len(names) == 1 else None)
+    if chosen not in files:
+        what = f"no split {split!r}" if split else "more than one split and none is 'train'"
+        raise SourceError(f"--source {shown!r}: {what}; splits: {', '.join(names) or 'none'} "
+                          "(choose one with --split)")
+    urls = [u for u in files[chosen]
+            if kind != "image" or u.rsplit(".", 1)[-1].lower() in IMAGE_EXTS]
+    if not urls:
+        raise SourceError(f"--source {shown!r}: split {chosen!r} has no files")
+    from huggingface_hub import HfFileSystem
+
+    fs = HfFileSystem(skip_instance_cache=True)
+
+    def name(url: str) -> str:  # tar/parquet: the file name (as tables before `datasets` have it)
+        in_repo = url.split("@", 1)[-1].split("/", 1)[-1] if "@" in url else PurePosixPath(url).name
+        return in_repo if kind == "image" else PurePosixPath(url).name
+
+    shards = sorted((Shard(name(u), u[len("hf://"):] if u.startswith("hf://") else u,
+                           _opener_fs(fs, u[len("hf://"):] if u.startswith("hf://") else u),
+                           remote=True, kind=kind) for u in urls),
+                    key=lambda s: (s.name, s.url))
     return _with_image_column(shards, image_column, shown) if kind == "parquet" else shards
 
 

@@ -134,6 +134,8 @@ def _handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
                     return None
                 sub = m.group(1).strip("/")
                 base = hub.root / sub if sub else hub.root
+                if not base.is_dir():
+                    return self._send(404, b'{"error": "not found"}', {"X-Error-Code": "EntryNotFound"})
                 recursive = parse_qs(urlparse(self.path).query).get("recursive", ["false"])[0] == "true"
                 entries = []
                 for p in sorted(base.rglob("*") if recursive else base.iterdir()):
