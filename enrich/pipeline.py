@@ -132,7 +132,7 @@ def run(cfg: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
 
         reader = Reader(shards, plan.progress, cfg.until, skip, plan.retry_rows,
                         read_cpus=engine.prepare_cpus(),
-                        parallel=int(ray.cluster_resources().get("CPU", 2)),
+                        parallel=int(ray.cluster_resources().get("CPU", 2)),  # the cluster's CPUs
                         # Only remote sources need the driver's settings; forwarding them costs a
                         # worker pool of their own (a runtime_env), i.e. seconds of start-up.
                         env=source_env_from_env() if any(s.remote for s in shards) else None)
@@ -176,7 +176,7 @@ def _execute(cfg: RunConfig, table: CaptionsTable, plan: Plan, engine: Engine, r
     # The feeder lives on the driver's node: losing another node must not lose its chunks.
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     feeder = make_feeder_class().options(name=feeder_name, scheduling_strategy=here).remote(
-        chunks_in_flight(cfg, ray.cluster_resources().get("CPU", 2)))
+        chunks_in_flight(cfg, reader.parallel))
     committer = Committer(cfg, table, plan, reader, run_id, counts)
     retry_indices = set(reader.retry_rows.column("source_index").to_pylist())
     held_lock = threading.Lock()

@@ -95,13 +95,6 @@ def assemble(parts: list[pa.Table], rows: pa.Table) -> pa.Table:
                     schema=FETCH_SCHEMA)
 
 
-def _keys(column: pa.ChunkedArray) -> np.ndarray:
-    """A fixed_size_binary(16) column as a numpy S16 array, without a Python loop."""
-    arr = column.combine_chunks()
-    data = arr.buffers()[1]
-    return np.frombuffer(data, dtype="S16", count=len(arr), offset=arr.offset * 16)
-
-
 def _ray_get(ref: Any) -> Any:
     """ray.get, with enrich's own errors from a read task (an unreachable source, exit 5)
     raised as themselves rather than wrapped in Ray's task error."""
@@ -121,8 +114,7 @@ class Reader:
 
     def __init__(self, shards: list[Shard], start: Progress, until: int, skip: SkipIndex,
                  retry_rows: pa.Table, *, read_cpus: float = 1.0, parallel: int = 2,
-                 env: dict[str, str] | None = None,
-                 launch: Callable[[ReadJob, int | None], Any] | None = None) -> None:
+                 env: dict[str, str] | None = None) -> None:
         self.shards = shards
         self.start = start
         self.until = until
@@ -133,7 +125,7 @@ class Reader:
         self.exhausted = False
         self.rows_read = 0
         self.jobs_read = 0
-        self._launch = launch or self._ray_launcher(read_cpus, env or {})
+        self._launch = self._ray_launcher(read_cpus, env or {})
 
     @staticmethod
     def _ray_launcher(read_cpus: float, env: dict[str, str]) -> Callable[[ReadJob, int | None], Any]:
@@ -184,7 +176,8 @@ class Reader:
             i += take
 
     def _main_width(self) -> int:
-        remaining = self.until - self.start.next_index
+        """Read tasks to keep running: enough for the rows still wanted, at most one per CPU."""
+        remaining = self.until - self.start.next_index - self.rows_read
         if self.jobs_read == 0:
             return self.parallel if remaining >= SMALL_RUN_ROWS else 1
         per_job = max(1.0, self.rows_read / self.jobs_read)
@@ -222,6 +215,7 @@ class Reader:
             else:  # the shard we stopped in vanished: continue with the next name after it
                 first = sum(1 for n in names if n < self.start.next_shard)
         jobs = self._jobs(self.shards[first:], offset)
+        self.rows_read = self.jobs_read = 0  # _main_width's estimate: the main stream's reads only
         for meta, images_ref in self._blocks(jobs, self._main_width, self.until - index):
             take = min(meta.num_rows, self.until - index)
             yield np.arange(index, index + take, dtype=np.int64), meta.slice(0, take), images_ref
@@ -257,7 +251,7 @@ class Reader:
         hashes = meta.column("image_hash")
         has_hash = hashes.is_valid().to_numpy(zero_copy_only=False)
         is_error = meta.column("error").is_valid().to_numpy(zero_copy_only=False)
-        keys = _keys(meta.column("hash16"))
+        keys = SkipIndex.keys_from_arrow(meta.column("hash16"))
         # Seen before (in the table or earlier in the stream), or earlier in this block.
         first = np.zeros(n, dtype=bool)
         first[np.unique(keys, return_index=True)[1]] = True

@@ -50,6 +50,17 @@ class SkipIndex:
         return int(self._sorted.nbytes) + len(self._recent) * (PREFIX + 60)
 
     @staticmethod
+    def keys_from_arrow(column: object) -> np.ndarray:
+        """A ``fixed_size_binary(16)`` Arrow column of hash prefixes (what read tasks send) as
+        the index's keys, without a Python loop."""
+        import pyarrow as pa
+
+        arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        assert isinstance(arr, pa.FixedSizeBinaryArray) and arr.type.byte_width == PREFIX
+        return np.frombuffer(arr.buffers()[1], dtype=f"S{PREFIX}", count=len(arr),
+                             offset=arr.offset * PREFIX)
+
+    @staticmethod
     def _keys(hex_hashes: list[str]) -> np.ndarray:
         # one hex decode for the whole batch instead of one per hash
         joined = "".join(h[: PREFIX * 2].ljust(PREFIX * 2, "0") for h in hex_hashes)

@@ -27,6 +27,7 @@ from typing import IO, Any, TypeVar
 import pyarrow as pa
 
 from enrich.errors import SourceError, SourceUnavailableError, one_line
+from enrich.skip import PREFIX
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -358,10 +359,9 @@ def _list_hub(repo: str, shown: str, image_column: str | None, subset: str | Non
         in_repo = url.split("@", 1)[-1].split("/", 1)[-1] if "@" in url else PurePosixPath(url).name
         return in_repo if kind == "image" else PurePosixPath(url).name
 
-    shards = sorted((Shard(name(u), u[len("hf://"):] if u.startswith("hf://") else u,
-                           _opener_fs(fs, u[len("hf://"):] if u.startswith("hf://") else u),
-                           remote=True, kind=kind) for u in urls),
-                    key=lambda s: (s.name, s.url))
+    paths = [u.removeprefix("hf://") for u in urls]  # HfFileSystem paths
+    shards = sorted((Shard(name(u), p, _opener_fs(fs, p), remote=True, kind=kind)
+                     for u, p in zip(urls, paths, strict=True)), key=lambda s: (s.name, s.url))
     return _with_image_column(shards, image_column, shown) if kind == "parquet" else shards
 
 
@@ -520,11 +520,11 @@ META_SCHEMA = pa.schema([
     pa.field("offset", pa.int64()),
     pa.field("key", pa.string()),
     pa.field("image_hash", pa.string()),  # sha256 hex; null: no image
-    pa.field("hash16", pa.binary(16)),  # its first 16 bytes (the skip index's key); zeros if null
+    pa.field("hash16", pa.binary(PREFIX)),  # its first bytes (the skip index's key); zeros if null
     pa.field("error", pa.string()),  # a shard-level error marker
 ])
 IMAGES_SCHEMA = pa.schema([pa.field("image", pa.binary())])
-_NO_HASH = bytes(16)
+_NO_HASH = bytes(PREFIX)
 
 
 def _block(samples: list[Sample]) -> tuple[pa.Table, pa.Table]:
@@ -534,7 +534,7 @@ def _block(samples: list[Sample]) -> tuple[pa.Table, pa.Table]:
         "offset": pa.array([s.offset for s in samples], pa.int64()),
         "key": pa.array([s.key for s in samples], pa.string()),
         "image_hash": pa.array([d.hex() if d else None for d in digests], pa.string()),
-        "hash16": pa.array([d[:16] if d else _NO_HASH for d in digests], pa.binary(16)),
+        "hash16": pa.array([d[:PREFIX] if d else _NO_HASH for d in digests], pa.binary(PREFIX)),
         "error": pa.array([s.error for s in samples], pa.string()),
     }, schema=META_SCHEMA)
     return meta, pa.table({"image": pa.array([s.image for s in samples], pa.binary())},
