@@ -58,6 +58,38 @@ def make_photo_set(out: Path, n: int, *, per_shard: int = 1000, distinct: int = 
     return out
 
 
+def _unique_shard(args: tuple[Path, int, int, int, int, tuple[int, int]]) -> None:
+    out, shard, start, stop, seed, sides = args
+    photos = web_photos(stop - start, seed * 100_003 + shard, sides)
+    tmp = out / f".{shard:05d}.tar"
+    with tarfile.open(tmp, "w") as tar:
+        for i, data in zip(range(start, stop), photos, strict=True):
+            info = tarfile.TarInfo(f"{i:08d}.jpg")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    tmp.rename(out / f"{shard:05d}.tar")
+
+
+def make_unique_photo_set(out: Path, n: int, *, per_shard: int = 500, seed: int = 1,
+                          sides: tuple[int, int] = (300, 1000), workers: int | None = None) -> Path:
+    """``n`` web-photo-like JPEGs in tar shards, every one rendered on its own: no two share
+    pixels. For the GPU benchmarks: vLLM caches processed images and prefixes by their pixels,
+    so reused pictures (as in :func:`make_photo_set`) would skip the vision work a real dataset
+    needs. Rendered in parallel, one process per shard."""
+    from multiprocessing import Pool
+
+    marker = out / f"COMPLETE-unique-{n}-{seed}-{sides[0]}-{sides[1]}"
+    if marker.exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(out, k, k * per_shard, min(n, (k + 1) * per_shard), seed, sides)
+            for k in range((n + per_shard - 1) // per_shard)]
+    with Pool(workers or os.cpu_count()) as pool:
+        pool.map(_unique_shard, jobs, chunksize=1)
+    marker.touch()
+    return out
+
+
 def _tree(pid: int) -> list[int]:
     pids, frontier = [pid], [pid]
     children: dict[int, list[int]] = {}

@@ -1,34 +1,52 @@
-"""Captions per GPU-second on one CUDA host: bare vLLM (the limit), the tutorial's pipeline and
-enrich end to end, measured on the same GPU in one go. Writes one results file.
+"""Captions per GPU-second on one CUDA host, every run on the same machine in one session:
+vLLM's own benchmark (the anchor nobody here wrote), bare vLLM with enrich's exact prompts (the
+limit for this workload), enrich end to end, and the tutorial's pipeline.
 
-    python benchmarks/gpu.py --model DIR --dummy-weights [--n 3000] [--runs bare,bare2,enrich2,...]
+    python benchmarks/gpu.py inputs --n 40000 --bare-n 10000
+    python benchmarks/gpu.py run --model DIR --dummy-weights --runs vllm-bench,bare:1,enrich:1:3 \\
+        --out results.json
+    python benchmarks/gpu.py merge a.json b.json > benchmarks/results-gpu.json
 
-Needs vllm and ray on the host (no network: `../shared/gpu/` builds an offline runtime; a model
-folder of the real architecture is used with vLLM's `load_format="dummy"`, random weights,
-whose captions run to --max-tokens). Every run uses the same prompts as enrich sends: 225² JPEG
-data URLs made by enrich's own prepare step from web-size photos, enrich's system prompt and
-prompt, enrich's engine settings, fixed-length outputs (bare: ignore_eos).
+Needs vllm and ray on the host (no network there: a runtime built offline, and a model folder of
+the real architecture used with vLLM's `load_format="dummy"`: random weights, whose captions run
+to --max-tokens, 100 here).
 
-Runs (each in fresh processes, one after the other, all on GPU 0):
-  bareK    K vLLM engines (LLM.chat) sharing the GPU, each with 1/K of its memory and 1/K of the
-           prompts; K=1 is the default. `bare1x` = K=1 with larger batches (max_num_seqs 512,
-           max_num_batched_tokens 16384).
-  enrichK  python -m enrich --engine vllm on webdataset shards of the same photos,
-           --replicas-per-gpu K; steady state from the table's commit history.
-  tutorial the tutorial's pipeline re-created on Ray 2.60 (tutorial_gpu.py), fewer rows.
-Per run: captions/s, output tokens/s, GPU utilisation (nvidia-smi, mean while generating), CPU
-cores busy (/proc/stat), engine start, and for enrich the time to the first committed row.
+Inputs (`inputs`): N web-photo-like JPEGs (long side 300-1000 px), each rendered on its own so
+no two share pixels (vLLM caches processed images and prefixes by pixels: reused pictures would
+skip vision work), in 500-row tar shards; and the first BARE_N of them prepared by enrich's own
+prepare step (225x225 JPEG), for the bare runs.
+
+Runs (`--runs`, comma-separated, in order, each in fresh processes):
+  vllm-bench    `vllm bench throughput` on random 224x224 images, 50 prompt + 100 output tokens,
+                max_num_seqs 256, one engine: vLLM's own number for this shape of work.
+  bare:K        K `vllm.LLM` engines sharing GPU 0, started together, each calling
+                `LLM.generate` once on its 1/K of the prepared images, with enrich's prompt
+                (the model's chat template rendered by enrich's engine code), enrich's engine
+                arguments, images decoded to PIL before the clock starts, ignore_eos.
+  enrich:G:K    `python -m enrich --engine vllm --concurrency G --replicas-per-gpu K` on the
+                shards, N rows. Sustained rate: the rows committed between the commit that
+                brought the table past 10% of N and the one that brought it past 90%, over the
+                time between them (the middle of the run; the start-up and the drain are
+                outside it). Also the whole run's rate and the first committed row.
+  tutorial      the tutorial's pipeline re-created on Ray 2.60 (tutorial_gpu.py), --tutorial-n
+                rows; its rate is first to last output row.
+Per run: GPU utilisation (nvidia-smi, mean over the GPUs used while generating) and CPU cores
+busy (/proc/stat) over the same window. `--profile` also takes py-spy samples of an enrich
+engine replica and its vLLM engine-core process in the middle of the run (py-spy must be
+installed there; it is not a dependency of enrich).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
 import shutil
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from pathlib import Path
@@ -37,17 +55,18 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 TOKENS = 100
+WORK = Path(os.environ.get("ENRICH_BENCH_WORK", "/tmp/enrich-gpu-bench"))
 
 
 # ------------------------------------------------------------------------------------------
 # Sampling the machine while a run works.
 # ------------------------------------------------------------------------------------------
 class Sampler:
-    """GPU utilisation (nvidia-smi, every 0.5 s) and busy CPU cores (/proc/stat), with times,
-    so a run can average over exactly its generating window."""
+    """GPU utilisation per GPU (nvidia-smi, every 0.5 s) and busy CPU cores (/proc/stat), with
+    times, so a run can average over exactly its generating window."""
 
     def __init__(self) -> None:
-        self.gpu: list[tuple[float, float]] = []
+        self.gpu: dict[int, list[tuple[float, float]]] = {}
         self.cpu: list[tuple[float, float]] = []
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._gpu, daemon=True),
@@ -64,14 +83,16 @@ class Sampler:
     def _gpu(self) -> None:
         if not shutil.which("nvidia-smi"):
             return
-        proc = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-                                 "-lms", "500", "-i", "0"], stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(["nvidia-smi", "--query-gpu=index,utilization.gpu",
+                                 "--format=csv,noheader,nounits", "-lms", "500"],
+                                stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None
         for line in proc.stdout:
             if self._stop.is_set():
                 break
             try:
-                self.gpu.append((time.time(), float(line.strip())))
+                idx, util = (float(x) for x in line.split(","))
+                self.gpu.setdefault(int(idx), []).append((time.time(), util))
             except ValueError:
                 pass
         proc.kill()
@@ -94,155 +115,253 @@ class Sampler:
         vals = [v for t, v in series if t0 <= t <= t1]
         return round(sum(vals) / len(vals), 1) if vals else None
 
+    def gpu_mean(self, gpus: int, t0: float, t1: float) -> float | None:
+        means = [self.mean(self.gpu.get(i, []), t0, t1) for i in range(gpus)]
+        vals = [m for m in means if m is not None]
+        return round(sum(vals) / len(vals), 1) if vals else None
+
 
 # ------------------------------------------------------------------------------------------
-# Inputs: the same photos as shards (for enrich) and as prepared prompts (for bare vLLM).
+# Inputs.
 # ------------------------------------------------------------------------------------------
-def _prompt_line(data: bytes) -> str:
-    from enrich.config import DEFAULT_PROMPT, DEFAULT_SYSTEM_PROMPT
-    from enrich.engines.vllm import build_messages
+def _prepare(data: bytes) -> bytes:
     from enrich.prepare import prepare_image
 
     p = prepare_image(data, size=225, jpeg=True)
     assert p.ok and p.jpeg
-    return json.dumps(build_messages(p.jpeg, system_prompt=DEFAULT_SYSTEM_PROMPT, prompt=DEFAULT_PROMPT))
+    return p.jpeg
 
 
-def make_inputs(work: Path, n: int) -> tuple[Path, Path]:
-    import tarfile
+def make_inputs(n: int, bare_n: int) -> tuple[Path, Path]:
     from multiprocessing import Pool
 
-    from benchmarks._common import make_photo_set
+    from benchmarks._common import make_unique_photo_set
 
-    shards = make_photo_set(work / "shards", n, per_shard=500, distinct=100)
-    prompts = work / f"prompts-{n}.jsonl"
-    if not prompts.exists():
-        members = []
+    shards = make_unique_photo_set(WORK / f"shards-{n}", n)
+    prepared = WORK / f"prepared-{bare_n}.tar"
+    if not prepared.exists():
+        members: list[bytes] = []
         for tar_path in sorted(shards.glob("*.tar")):
             with tarfile.open(tar_path) as tar:
                 for m in tar:
                     f = tar.extractfile(m)
                     assert f is not None
                     members.append(f.read())
+                    if len(members) == bare_n:
+                        break
+            if len(members) == bare_n:
+                break
         with Pool(os.cpu_count()) as pool:
-            lines = pool.map(_prompt_line, members, chunksize=16)
-        prompts.write_text("\n".join(lines) + "\n")
-    return shards, prompts
+            jpegs = pool.map(_prepare, members, chunksize=32)
+        tmp = prepared.with_suffix(".part")
+        with tarfile.open(tmp, "w") as tar:
+            for i, data in enumerate(jpegs):
+                info = tarfile.TarInfo(f"{i:08d}.jpg")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        tmp.rename(prepared)
+    return shards, prepared
 
 
-def engine_kwargs(model: str, dummy: bool, share: int, extra: dict[str, Any],
-                  accelerator: str = "H100") -> dict[str, Any]:
-    """enrich's engine settings for this model, as its processor would pass them."""
+def run_config(model: str, dummy: bool, share: int, accelerator: str, gpus: int = 1) -> Any:
     from enrich.config import RunConfig
-    from enrich.engines.vllm import processor_config_kwargs
 
-    cfg = RunConfig(until=1, engine="vllm", model=model, max_tokens=TOKENS, replicas_per_gpu=share,
-                    accelerator_type=accelerator,
-                    engine_kwargs={**({"load_format": "dummy"} if dummy else {}), **extra})
-    kw = dict(processor_config_kwargs(cfg)["engine_kwargs"])
-    kw.pop("revision", None)
-    return kw
+    return RunConfig(until=1, engine="vllm", model=model, max_tokens=TOKENS, replicas_per_gpu=share,
+                     accelerator_type=accelerator, concurrency=gpus,
+                     engine_kwargs={"load_format": "dummy"} if dummy else {})
+
+
+# ------------------------------------------------------------------------------------------
+# vLLM's own benchmark.
+# ------------------------------------------------------------------------------------------
+def run_vllm_bench(model: str, n: int, work: Path) -> dict[str, Any]:
+    d = work / "vllm-bench"
+    d.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "bench", "throughput", "--model", model,
+           "--dataset-name", "random-mm", "--random-mm-bucket-config", "{(224, 224, 1): 1.0}",
+           "--random-mm-base-items-per-request", "1", "--random-mm-num-mm-items-range-ratio", "0",
+           "--random-mm-limit-mm-per-prompt", '{"image":1,"video":0}', "--random-input-len", "50",
+           "--random-output-len", str(TOKENS), "--num-prompts", str(n), "--load-format", "dummy",
+           "--max-num-seqs", "256", "--limit-mm-per-prompt", '{"image":1}',
+           "--output-json", str(d / "out.json")]
+    with Sampler() as s:
+        t0 = time.time()
+        proc = subprocess.run(cmd, stdout=open(d / "log", "w"), stderr=subprocess.STDOUT)
+        t1 = time.time()
+    if proc.returncode != 0:
+        raise RuntimeError(f"vllm bench: exit {proc.returncode}: {(d / 'log').read_text()[-3000:]}")
+    r = json.loads((d / "out.json").read_text())
+    gen_s = float(r["elapsed_time"])
+    # its generating window is the last elapsed_time seconds before it wrote its result
+    g1 = (d / "out.json").stat().st_mtime
+    return {"kind": "vllm-bench", "gpus": 1, "engines_per_gpu": 1, "rows": int(r["num_requests"]),
+            "captions_per_s_sustained": round(float(r["requests_per_second"]), 1),
+            "sustained_window": "vLLM's own elapsed time for all requests (LLM.generate)",
+            "output_tokens_per_s": round(float(r["requests_per_second"]) * TOKENS),
+            "gpu_util_pct": s.gpu_mean(1, g1 - gen_s, g1), "cpu_cores_busy": Sampler.mean(s.cpu, g1 - gen_s, g1),
+            "wall_s": round(t1 - t0, 1), "command": " ".join(cmd[1:])}
 
 
 # ------------------------------------------------------------------------------------------
 # bare vLLM: K worker processes, started together, generating together.
 # ------------------------------------------------------------------------------------------
 def bare_worker(args: argparse.Namespace) -> None:
+    from PIL import Image
     from vllm import LLM, SamplingParams
 
-    kw = json.loads(args.kwargs)
-    lines = Path(args.prompts).read_text().splitlines()
-    mine = [json.loads(x) for i, x in enumerate(lines) if i % args.parts == args.part]
+    from enrich.engines.vllm import render_prompt
+
+    cfg = json.loads(args.cfg)
+    with tarfile.open(args.prepared) as tar:
+        jpegs = [tar.extractfile(m).read() for m in tar]  # type: ignore[union-attr]
+    mine = [Image.open(io.BytesIO(b)).convert("RGB")
+            for i, b in enumerate(jpegs) if i % args.parts == args.part]
     t0 = time.time()
-    llm = LLM(model=args.model, **kw)
+    llm = LLM(**cfg["llm_kwargs"])
+    prompt = render_prompt(llm.get_tokenizer(), cfg["system_prompt"], cfg["prompt"])
     t_loaded = time.time()
     Path(args.ready).write_text(str(t_loaded - t0))
     while not Path(args.go).exists():
-        time.sleep(0.05)
+        time.sleep(0.01)
     params = SamplingParams(temperature=0.3, max_tokens=TOKENS, ignore_eos=True)
+    inputs: list[Any] = [{"prompt": prompt, "multi_modal_data": {"image": img}} for img in mine]
     g0 = time.time()
-    outs = llm.chat(mine, params, use_tqdm=False)
+    outs = llm.generate(inputs, params, use_tqdm=False)
     g1 = time.time()
     tokens = sum(len(o.outputs[0].token_ids) for o in outs)
     Path(args.result).write_text(json.dumps({"start_s": t_loaded - t0, "t0": g0, "t1": g1,
                                              "captions": len(outs), "tokens": tokens}))
 
 
-def run_bare(name: str, k: int, model: str, dummy: bool, prompts: Path, work: Path,
-             extra: dict[str, Any], accelerator: str) -> dict[str, Any]:
-    d = work / name
-    d.mkdir(parents=True, exist_ok=True)
-    for f in d.iterdir():
-        f.unlink()
-    kw = engine_kwargs(model, dummy, k, extra, accelerator)
-    procs = []
-    for i in range(k):
-        procs.append(subprocess.Popen(
-            [sys.executable, __file__, "_bare", "--model", model, "--prompts", str(prompts),
-             "--part", str(i), "--parts", str(k), "--kwargs", json.dumps(kw),
-             "--ready", str(d / f"ready{i}"), "--go", str(d / "go"), "--result", str(d / f"result{i}")],
-            stdout=open(d / f"log{i}", "w"), stderr=subprocess.STDOUT))
+def run_bare(k: int, model: str, dummy: bool, prepared: Path, work: Path, accelerator: str) -> dict[str, Any]:
+    from enrich.engines.vllm import engine_kwargs
+
+    d = work / f"bare{k}"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    rc = run_config(model, dummy, k, accelerator)
+    cfg = {"llm_kwargs": engine_kwargs(rc), "system_prompt": rc.system_prompt, "prompt": rc.prompt}
+    procs = [subprocess.Popen(
+        [sys.executable, __file__, "_bare", "--cfg", json.dumps(cfg), "--prepared", str(prepared),
+         "--part", str(i), "--parts", str(k), "--ready", str(d / f"ready{i}"), "--go", str(d / "go"),
+         "--result", str(d / f"result{i}")],
+        stdout=open(d / f"log{i}", "w"), stderr=subprocess.STDOUT) for i in range(k)]
     with Sampler() as s:
         while not all((d / f"ready{i}").exists() for i in range(k)):
-            if any(p.poll() not in (None, 0) for p in procs):
-                raise RuntimeError(f"{name}: a worker died: {(d / 'log0').read_text()[-2000:]}")
+            if any(p.poll() is not None for p in procs):
+                raise RuntimeError(f"bare{k}: a worker died: {(d / 'log0').read_text()[-3000:]}")
             time.sleep(0.2)
         (d / "go").touch()
         for p in procs:
             p.wait()
+    if any(p.returncode != 0 for p in procs):
+        raise RuntimeError(f"bare{k}: a worker failed: {(d / 'log0').read_text()[-3000:]}")
     res = [json.loads((d / f"result{i}").read_text()) for i in range(k)]
     t0, t1 = min(r["t0"] for r in res), max(r["t1"] for r in res)
     caps, toks = sum(r["captions"] for r in res), sum(r["tokens"] for r in res)
-    return {"run": name, "engines": k, "engine_kwargs": kw, "captions": caps,
-            "captions_per_s": round(caps / (t1 - t0), 1), "output_tokens_per_s": round(toks / (t1 - t0)),
-            "gpu_util_pct": Sampler.mean(s.gpu, t0, t1), "cpu_cores_busy": Sampler.mean(s.cpu, t0, t1),
-            "engine_start_s": round(max(r["start_s"] for r in res), 1),
-            "generate_s": round(t1 - t0, 1)}
+    return {"kind": "bare", "gpus": 1, "engines_per_gpu": k, "rows": caps,
+            "captions_per_s_sustained": round(caps / (t1 - t0), 1),
+            "sustained_window": "first request added to last finished, all engines",
+            "output_tokens_per_s": round(toks / (t1 - t0)),
+            "gpu_util_pct": s.gpu_mean(1, t0, t1), "cpu_cores_busy": Sampler.mean(s.cpu, t0, t1),
+            "engine_start_s": round(max(r["start_s"] for r in res), 1), "llm_kwargs": cfg["llm_kwargs"]}
 
 
 # ------------------------------------------------------------------------------------------
 # enrich end to end.
 # ------------------------------------------------------------------------------------------
-def run_enrich(name: str, k: int, model: str, dummy: bool, shards: Path, n: int, work: Path,
-               extra: dict[str, Any], accelerator: str) -> dict[str, Any]:
+def _profile(d: Path, seconds: int) -> None:
+    """py-spy samples of one engine replica (the Ray actor) and one vLLM engine core."""
+    spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if not spy:
+        (d / "profile-skipped").write_text("py-spy not on PATH\n")
+        return
+    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    targets = {}
+    for line in ps.splitlines()[1:]:
+        pid, _, args = line.strip().partition(" ")
+        if "VLLMCaptioner" in args and "replica" not in targets:
+            targets["replica"] = pid
+        elif "EngineCore" in args and "engine-core" not in targets:
+            targets["engine-core"] = pid
+    procs = [subprocess.Popen([spy, "record", "--pid", pid, "--duration", str(seconds), "--rate", "50",
+                               "--format", "raw", "--nonblocking", "-o", str(d / f"pyspy-{name}.txt")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+             for name, pid in targets.items()]
+    for p in procs:
+        p.wait()
+
+
+def run_enrich(gpus: int, k: int, model: str, dummy: bool, shards: Path, n: int, work: Path,
+               accelerator: str, profile: bool) -> dict[str, Any]:
     from deltalake import DeltaTable
 
-    d = work / name
-    table = d / "table"
-    subprocess.run(["rm", "-rf", str(d)], check=True)
+    d = work / f"enrich-{gpus}x{k}"
+    shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
-    kwargs = {**({"load_format": "dummy"} if dummy else {}), **extra}
+    table = d / "table"
     cmd = [sys.executable, "-m", "enrich", "--until", str(n), "--source", str(shards),
            "--table", str(table), "--checkpoint-dir", str(d / "ck"), "--engine", "vllm",
            "--accelerator-type", accelerator, "--model", model, "--max-tokens", str(TOKENS),
-           "--engine-kwargs", json.dumps(kwargs), "--replicas-per-gpu", str(k),
-           "--commit-every", "250", "--quiet"]
+           "--engine-kwargs", json.dumps({"load_format": "dummy"} if dummy else {}),
+           "--concurrency", str(gpus), "--replicas-per-gpu", str(k), "--commit-every", "1000", "--quiet"]
     with Sampler() as s:
         t0 = time.time()
         # cwd: not the repo root, where `enrich` would be imported from the source folder
         # rather than the install (which maps enrich.schemas)
-        proc = subprocess.run(cmd, stdout=open(d / "log", "w"), stderr=subprocess.STDOUT, cwd=d)
+        proc = subprocess.Popen(cmd, stdout=open(d / "log", "w"), stderr=subprocess.STDOUT, cwd=d)
+        if profile:
+            while proc.poll() is None and not _committed_past(table, n // 3):
+                time.sleep(2)
+            if proc.poll() is None:
+                _profile(d, 20)
+        proc.wait()
         t_end = time.time()
     if proc.returncode != 0:
-        raise RuntimeError(f"{name}: exit {proc.returncode}: {(d / 'log').read_text()[-3000:]}")
-    hist = sorted((h for h in DeltaTable(str(table)).history() if h.get("operation") == "WRITE"),
-                  key=lambda h: h["timestamp"])
+        raise RuntimeError(f"enrich: exit {proc.returncode}: {(d / 'log').read_text()[-3000:]}")
+    dt = DeltaTable(str(table))
+    hist = sorted((h for h in dt.history() if h.get("operation") == "WRITE"), key=lambda h: h["timestamp"])
     commits = [(h["timestamp"] / 1000, int(h.get("operationMetrics", {}).get("num_added_rows", 0)))
                for h in hist]
     commits = [c for c in commits if c[1] > 0]
-    rows = sum(c[1] for c in commits)
-    first_t = commits[0][0]
-    # steady state: from the first commit to the last, the rows committed after the first
-    steady_rows = rows - commits[0][1]
-    steady_s = commits[-1][0] - first_t
-    return {"run": name, "replicas_per_gpu": k, "rows": rows,
-            "captions_per_s_steady": round(steady_rows / steady_s, 1) if steady_s > 0 else None,
-            "captions_per_s_whole_run": round(rows / (t_end - t0), 1),
-            "output_tokens_per_s_steady": round(steady_rows * TOKENS / steady_s) if steady_s > 0 else None,
-            "first_committed_row_s": round(first_t - t0, 1), "wall_s": round(t_end - t0, 1),
-            "gpu_util_pct": Sampler.mean(s.gpu, first_t, commits[-1][0]),
-            "cpu_cores_busy": Sampler.mean(s.cpu, first_t, commits[-1][0]),
-            "commits": len(commits)}
+    cum, acc = [], 0
+    for t, r in commits:
+        acc += r
+        cum.append((t, acc))
+    rows = acc
+    lo = next(i for i, (_, c) in enumerate(cum) if c >= 0.1 * rows)
+    hi = next(i for i, (_, c) in enumerate(cum) if c >= 0.9 * rows)
+    (ta, ca), (tb, cb) = cum[lo], cum[hi]
+    tokens = dt.to_pyarrow_dataset().to_table(columns=["status", "num_generated_tokens"])
+    statuses: dict[str, int] = {}
+    for st in tokens.column("status").to_pylist():
+        statuses[st] = statuses.get(st, 0) + 1
+    import pyarrow.compute as pc
+
+    out_tokens = pc.sum(tokens.column("num_generated_tokens")).as_py() or 0
+    r: dict[str, Any] = {
+        "kind": "enrich", "gpus": gpus, "engines_per_gpu": k, "rows": rows, "statuses": statuses,
+        "captions_per_s_sustained": round((cb - ca) / (tb - ta), 1) if tb > ta else None,
+        "sustained_window": f"middle of the run: commits from {ca} to {cb} rows ({cb - ca} rows, {tb - ta:.1f} s)",
+        "captions_per_s_whole_run": round(rows / (t_end - t0), 1),
+        "mean_output_tokens": round(out_tokens / max(1, statuses.get("captioned", 0)), 1),
+        "first_committed_row_s": round(cum[0][0] - t0, 1), "wall_s": round(t_end - t0, 1),
+        "gpu_util_pct": s.gpu_mean(gpus, ta, tb), "cpu_cores_busy": Sampler.mean(s.cpu, ta, tb),
+        "commits": len(commits), "command": " ".join(cmd[1:])}
+    return r
+
+
+def _committed_past(table: Path, rows: int) -> bool:
+    log = table / "_delta_log"
+    if not log.exists():
+        return False
+    total = 0
+    for f in log.glob("*.json"):
+        for line in f.read_text().splitlines():
+            if '"commitInfo"' in line:
+                m = json.loads(line)["commitInfo"].get("operationMetrics", {})
+                total += int(m.get("num_added_rows", 0) or 0)
+    return total >= rows
 
 
 def run_tutorial(model: str, dummy: bool, shards: Path, n: int, work: Path, accelerator: str) -> dict[str, Any]:
@@ -258,64 +377,93 @@ def run_tutorial(model: str, dummy: bool, shards: Path, n: int, work: Path, acce
         raise RuntimeError(f"tutorial: exit {proc.returncode}: {(d / 'log').read_text()[-3000:]}")
     r = json.loads((d / "result.json").read_text())
     g0, g1 = r["first_row_t"], r["last_row_t"]
-    return {"run": "tutorial", "rows": r["rows"], "captions_per_s_whole_run": round(r["rows"] / (t1 - t0), 1),
-            "captions_per_s_steady": r.get("steady_per_s"), "wall_s": round(t1 - t0, 1),
-            "gpu_util_pct": Sampler.mean(s.gpu, g0, g1), "cpu_cores_busy": Sampler.mean(s.cpu, g0, g1)}
+    return {"kind": "tutorial", "gpus": 1, "engines_per_gpu": 1, "rows": r["rows"],
+            "captions_per_s_sustained": r.get("steady_per_s"),
+            "sustained_window": "first to last output row (the tutorial materializes at the end)",
+            "captions_per_s_whole_run": round(r["rows"] / (t1 - t0), 1), "wall_s": round(t1 - t0, 1),
+            "gpu_util_pct": s.gpu_mean(1, g0, g1), "cpu_cores_busy": Sampler.mean(s.cpu, g0, g1)}
+
+
+def header(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    versions = {}
+    for m in ("vllm", "ray", "deltalake", "transformers"):
+        try:
+            versions[m] = __import__(m).__version__
+        except ImportError:
+            versions[m] = None
+    return {
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "gpus_on_host": torch.cuda.device_count(), "host_cpus": os.cpu_count(),
+        "python": platform.python_version(), "torch": torch.__version__, "versions": versions,
+        "model": args.model, "dummy_weights": args.dummy_weights, "output_tokens": TOKENS,
+        "images": "web-photo-like JPEGs, long side 300-1000 px, every one rendered on its own "
+                  "(no shared pixels); enrich prepares them to 225x225",
+        "runs": []}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--dummy-weights", action="store_true")
-    ap.add_argument("--n", type=int, default=3000)
-    ap.add_argument("--tutorial-n", type=int, default=1000)
-    ap.add_argument("--runs", default="bare1,bare2,bare3,enrich2,enrich1,tutorial")
-    ap.add_argument("--accelerator-type", default="H100")
-    ap.add_argument("--work", default="/tmp/enrich-gpu-bench")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results-gpu.json"))
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    inp = sub.add_parser("inputs")
+    inp.add_argument("--n", type=int, default=40000)
+    inp.add_argument("--bare-n", type=int, default=10000)
+    run = sub.add_parser("run")
+    run.add_argument("--model", required=True)
+    run.add_argument("--dummy-weights", action="store_true")
+    run.add_argument("--n", type=int, default=40000)
+    run.add_argument("--bare-n", type=int, default=10000)
+    run.add_argument("--tutorial-n", type=int, default=2000)
+    run.add_argument("--runs", default="vllm-bench,bare:1,enrich:1:3")
+    run.add_argument("--accelerator-type", default="H200")
+    run.add_argument("--profile", action="store_true")
+    run.add_argument("--out", required=True)
+    mg = sub.add_parser("merge")
+    mg.add_argument("files", nargs="+")
     args = ap.parse_args()
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    shards, prompts = make_inputs(work, args.n)
-    import torch
-
-    results: dict[str, Any] = {
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", "host_cpus": os.cpu_count(),
-        "python": platform.python_version(), "torch": torch.__version__,
-        "versions": {m: __import__(m).__version__ for m in ("vllm", "ray", "deltalake")},
-        "model": args.model, "dummy_weights": args.dummy_weights, "output_tokens": TOKENS,
-        "images": f"{args.n} web-size photos (long side 300-2000 px), prepared to 225x225 JPEG",
-        "command": " ".join(sys.argv), "runs": []}
-    big = {"max_num_seqs": 512, "max_num_batched_tokens": 16384}
-    for name in args.runs.split(","):
+    if args.cmd == "inputs":
+        shards, prepared = make_inputs(args.n, args.bare_n)
+        print(f"inputs: {shards} ({args.n} rows), {prepared} ({args.bare_n} prepared)")
+        return
+    if args.cmd == "merge":
+        docs = [json.loads(Path(f).read_text()) for f in args.files]
+        merged = {**docs[0], "runs": [r for doc in docs for r in doc["runs"]]}
+        print(json.dumps(merged, indent=2))
+        return
+    WORK.mkdir(parents=True, exist_ok=True)
+    shards, prepared = make_inputs(args.n, args.bare_n)
+    results = header(args)
+    out = Path(args.out)
+    for spec in args.runs.split(","):
         t = time.time()
+        parts = spec.split(":")
         try:
-            if name == "bare1x":
-                r = run_bare(name, 1, args.model, args.dummy_weights, prompts, work, big,
+            if parts[0] == "vllm-bench":
+                r = run_vllm_bench(args.model, args.bare_n, WORK)
+            elif parts[0] == "bare":
+                r = run_bare(int(parts[1]), args.model, args.dummy_weights, prepared, WORK,
                              args.accelerator_type)
-            elif name.startswith("bare"):
-                r = run_bare(name, int(name[4:]), args.model, args.dummy_weights, prompts, work, {},
-                             args.accelerator_type)
-            elif name.startswith("enrich"):
-                r = run_enrich(name, int(name[6:]), args.model, args.dummy_weights, shards, args.n,
-                               work, {}, args.accelerator_type)
-            elif name == "tutorial":
-                r = run_tutorial(args.model, args.dummy_weights, shards, args.tutorial_n, work,
+            elif parts[0] == "enrich":
+                r = run_enrich(int(parts[1]), int(parts[2]), args.model, args.dummy_weights, shards,
+                               args.n, WORK, args.accelerator_type, args.profile)
+            elif parts[0] == "tutorial":
+                r = run_tutorial(args.model, args.dummy_weights, shards, args.tutorial_n, WORK,
                                  args.accelerator_type)
             else:
-                raise SystemExit(f"unknown run {name}")
+                raise SystemExit(f"unknown run {spec}")
         except Exception as exc:  # noqa: BLE001 - one failed run is recorded, the others go on
-            r = {"run": name, "error": f"{type(exc).__name__}: {exc}"[-3000:]}
-        r["run_s"] = round(time.time() - t, 1)
+            r = {"error": f"{type(exc).__name__}: {exc}"[-3000:]}
+        r = {"run": spec, **r, "run_s": round(time.time() - t, 1)}
         results["runs"].append(r)
-        print(json.dumps(r), flush=True)
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")  # after every run
+        print(json.dumps({k: v for k, v in r.items() if k != "llm_kwargs"}), flush=True)
+        out.write_text(json.dumps(results, indent=2) + "\n")  # after every run
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_bare":
         wp = argparse.ArgumentParser()
-        for a in ("--model", "--prompts", "--kwargs", "--ready", "--go", "--result"):
+        for a in ("--cfg", "--prepared", "--ready", "--go", "--result"):
             wp.add_argument(a)
         wp.add_argument("--part", type=int)
         wp.add_argument("--parts", type=int)

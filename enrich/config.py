@@ -37,6 +37,13 @@ DRY_RUN_MODEL = "dry-run"
 # was the bound. Three engines need ~3 x 16 GB; 80 GB cards only. An L4 (24 GB) holds one.
 REPLICAS_PER_GPU: dict[str, int] = {"H100": 3, "H200": 3, "A100-80G": 3}
 
+# Rows per engine batch when --batch-size is not given. A vLLM replica on a GPU generates one
+# batch at a time (LLM.generate), so a batch must hold several times max_num_seqs (256) for the
+# engine to run full most of the time; the dry-run engine and vLLM's CPU backend take small
+# batches, so that a short run commits early and often.
+GPU_BATCH_SIZE = 1024
+SMALL_BATCH_SIZE = 64
+
 EngineName = Literal["vllm", "dry-run"]
 ENGINES: tuple[str, ...] = ("vllm", "dry-run")
 
@@ -95,7 +102,7 @@ class RunConfig:
     accelerator_type: str = "L4"
     concurrency: int = 1
     replicas_per_gpu: int = 0  # 0: as measured best for the accelerator (REPLICAS_PER_GPU)
-    batch_size: int = 64
+    batch_size: int = 0  # 0: GPU_BATCH_SIZE for vLLM on GPUs, else SMALL_BATCH_SIZE
     engine_kwargs: Mapping[str, Any] = field(default_factory=dict)
     gpu_wait_s: float = 0.0
     dry_run_ms_per_image: float = 0.0
@@ -120,7 +127,9 @@ class RunConfig:
             raise UsageError(f"--image-size must be between 28 and 2048, got {self.image_size}")
         if self.replicas_per_gpu < 0:
             raise UsageError(f"--replicas-per-gpu must be >= 1, got {self.replicas_per_gpu}")
-        for name in ("concurrency", "batch_size", "commit_every", "max_tokens", "max_model_len"):
+        if self.batch_size < 0:
+            raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
+        for name in ("concurrency", "commit_every", "max_tokens", "max_model_len"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.gpu_wait_s < 0:
@@ -161,6 +170,14 @@ class RunConfig:
         if parallel > 1:
             return 1
         return REPLICAS_PER_GPU.get(self.accelerator_type, 1)
+
+    @property
+    def engine_batch_size(self) -> int:
+        """Rows per engine batch: --batch-size, else the engine's own default."""
+        if self.batch_size >= 1:
+            return self.batch_size
+        on_gpu = self.engine == "vllm" and self.accelerator_type.lower() != "cpu"
+        return GPU_BATCH_SIZE if on_gpu else SMALL_BATCH_SIZE
 
     @property
     def replicas(self) -> int:

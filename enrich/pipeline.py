@@ -65,7 +65,7 @@ def chunks_in_flight(cfg: RunConfig, cpus: float) -> int:
     """How many chunks may be between the reader and the committer: enough to keep every engine
     replica's queue full (4 batches in flight per replica) plus a prepare task on every CPU
     (twice over: one being prepared, one waiting for the engine)."""
-    engine_rows = cfg.replicas * cfg.batch_size * 4
+    engine_rows = cfg.replicas * cfg.engine_batch_size * 4
     prepare_rows = max(MIN_ROWS_IN_FLIGHT, 2 * math.ceil(cpus) * CHUNK_ROWS)
     return math.ceil((prepare_rows + engine_rows) / CHUNK_ROWS)
 

@@ -168,18 +168,17 @@ def test_too_few_cpus_is_refused_at_once(tiny_model: Path, tmp_path: Path) -> No
 def test_cpu_plan_always_leaves_room_for_every_task(total: float, replicas: int) -> None:
     plan = CpuPlan.fit(total, replicas)
     free_after_actors = total - plan.reserved
-    assert plan.reserved <= total
-    assert 0 < plan.prepare_task <= free_after_actors and 0 < plan.map_task <= free_after_actors
-    assert 0 < plan.stage_actor <= 1.0
+    assert plan.reserved == replicas * plan.replica <= total
+    assert 0 < plan.prepare_task <= min(1.0, free_after_actors)
 
 
-def test_cpu_mode_processor_config_has_no_gpu() -> None:
-    from enrich.engines.vllm import processor_config_kwargs
+def test_cpu_mode_engine_has_no_gpu() -> None:
+    from enrich.engines.vllm import VLLMEngine, engine_kwargs
 
-    kw = processor_config_kwargs(RunConfig(until=1, engine="vllm", accelerator_type="cpu"),
-                                 CpuPlan.fit(2, 1))
-    assert kw["accelerator_type"] is None
-    assert kw["placement_group_config"] == {"bundles": [{"CPU": 1.0}]}
-    assert "gpu_memory_utilization" not in kw["engine_kwargs"]
-    assert kw["engine_kwargs"]["kv_cache_memory_bytes"] == 512 * 2**20
-    assert kw["chat_template_stage"]["num_cpus"] == 0.125
+    cfg = RunConfig(until=1, engine="vllm", accelerator_type="cpu", num_cpus=2)
+    kw = engine_kwargs(cfg)
+    assert "gpu_memory_utilization" not in kw
+    assert kw["kv_cache_memory_bytes"] == 512 * 2**20
+    desc = VLLMEngine(cfg).describe()
+    assert desc["device"] == "cpu" and desc["gpus_per_replica"] == 0.0
+    assert desc["cpus"] == {"cluster": 2.0, "per_replica": 1.0, "per_prepare_task": 1.0}

@@ -1,7 +1,8 @@
 """Caption engines behind one interface: :class:`enrich.engines.base.Engine`.
 
 ``dry-run`` is a deterministic CPU engine (captions computed from pixels, model ``dry-run``);
-``vllm`` is Qwen2.5-VL on vLLM through Ray Data LLM. Both are chosen with ``--engine``.
+``vllm`` is Qwen2.5-VL on vLLM, one offline engine per Ray Data actor. Both are chosen with
+``--engine``.
 """
 
 from __future__ import annotations

@@ -119,7 +119,7 @@ class DryRunEngine:
             "engine": "dry-run",
             "model": "dry-run",
             "replicas": self.cfg.concurrency,
-            "batch_size": self.cfg.batch_size,
+            "batch_size": self.cfg.engine_batch_size,
             "cpus_per_replica": REPLICA_CPUS,
             "ms_per_image": self.cfg.dry_run_ms_per_image,
         }
@@ -143,7 +143,7 @@ class DryRunEngine:
                 crash_on=self.cfg.dry_run_crash_on,
                 fail_on=self.cfg.dry_run_fail_on,
             ),
-            batch_size=self.cfg.batch_size,
+            batch_size=self.cfg.engine_batch_size,
             batch_format="pyarrow",
             # A fixed pool. Ray Data restarts a replica that dies and retries its batch
             # (its actor pools default to max_restarts=-1, max_task_retries=-1).

@@ -1,25 +1,34 @@
-"""The ``vllm`` engine: Qwen2.5-VL on vLLM through Ray Data LLM (``ray.data.llm``), on GPU workers.
+"""The ``vllm`` engine: Qwen2.5-VL on vLLM, one Ray Data actor per engine replica.
 
-Pure parts (no Ray, no vllm): :func:`processor_config_kwargs`, :func:`build_messages`,
-:class:`Preprocess`, :class:`Postprocess`, :func:`normalize_row`. The Ray adapter,
-:class:`VLLMEngine`, builds the processor once per run with ``build_processor`` and applies it
-to the run's one dataset, so each replica loads the model once.
+Each replica is an actor of a fixed Ray Data actor pool that holds one offline ``vllm.LLM``
+and captions a batch of rows with one ``LLM.generate`` call: the prompt is the chat template
+rendered once per replica (it is the same for every row), the image goes in as a decoded PIL
+image. This is the path vLLM's own offline benchmark measures.
 
-Rows that must not reach the model (rejected images) ride through the processor untouched:
-Ray Data LLM lets any row whose ``__inference_error__`` is non-empty bypass every stage and
-the postprocess; we mark them with :data:`BYPASS`. Every other row must carry an explicit ``""``
-there: a block that mixes rows gets ``None`` filled in, which the stages would also read as
-an error.
+Why not Ray Data LLM's processor (``ray.data.llm.build_processor``), which this engine used up
+to 0.1.0: on one H200 (PERFORMANCE.md) each of its engines delivered about half of a bare
+``LLM.generate`` engine. Its engine stage drives vLLM's ``AsyncLLM`` one request at a time,
+streaming every request's cumulative output back on every decode step through asyncio (100
+outputs per caption here), behind four CPU-stage actor pools (multimodal parsing of a base64
+data URL, chat template, tokenizer, detokenizer) that each import vLLM. The replica here does
+the minimum per row: decode a 225² JPEG, hand it to vLLM with the fixed prompt, take the text
+when the request finishes.
+
+Pure parts (no Ray, no vllm): :func:`engine_kwargs`, :class:`CpuPlan`, :func:`render_rows`.
+The Ray adapter is :class:`VLLMEngine`; the replica is :class:`VLLMCaptioner`.
 """
 
 from __future__ import annotations
 
-import base64
+import io
 import os
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
+
+from enrich.engines.base import OUTPUT_SCHEMA
 from enrich.errors import NoAcceleratorError, UsageError
 
 if TYPE_CHECKING:
@@ -27,16 +36,13 @@ if TYPE_CHECKING:
 
     from enrich.config import RunConfig
 
-BYPASS = "enrich:bypass"
-ERROR_KEY = "__inference_error__"
 # Qwen2.5-VL: 14 px patches merged 2x2, so image sides are rounded to multiples of 28.
 QWEN_FACTOR = 28
 # vLLM engine defaults we choose, each overridable with --engine-kwargs (PERFORMANCE.md has
-# the arithmetic):
+# the measurements):
 # - max_num_seqs 256: a caption needs ~116 prompt (64 of them image) + ~100 generated tokens at
 #   36 KB of KV cache per token (36 layers x 2 KV heads x 128 x K,V x bf16), so 256 sequences
-#   hold ~2 GB of KV, well inside the ~12 GB an L4 has left after weights; decode of a 3B model
-#   stays memory-bandwidth bound up to about this batch, so fewer sequences waste the GPU.
+#   hold ~2 GB of KV; vLLM's own benchmark on an H200 ran faster at 256 than at 512.
 # - enable_prefix_caching: every prompt starts with the same system prompt and template.
 # - gpu_memory_utilization 0.90: room for the CUDA graphs and the vision encoder activations.
 ENGINE_DEFAULTS: dict[str, Any] = {
@@ -46,7 +52,6 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "dtype": "bfloat16",
 }
 
-
 # --accelerator-type cpu: the replica runs vLLM's CPU backend. There vLLM reads
 # gpu_memory_utilization as a share of host RAM (0.9 of it!), so the KV cache is sized explicitly.
 CPU = "cpu"
@@ -54,11 +59,6 @@ CPU_KV_CACHE_BYTES = 512 * 2**20
 # KV cache of each engine when several share a GPU (--replicas-per-gpu > 1): 6 GiB is ~170k
 # tokens of Qwen2.5-VL-3B (36 KB each), ~3x what max_num_seqs 256 captions of ~220 tokens hold.
 SHARED_GPU_KV_BYTES = 6 * 2**30
-# Ray Data LLM's CPU stages (prepare-multimodal, chat template, tokenize, detokenize): one actor
-# pool each, sized like the engine's. Their work per row is small (a 225² JPEG decode, a template,
-# a tokenizer call), so they reserve a fraction of a CPU; see CpuPlan.
-CPU_STAGES = ("prepare_multimodal_stage", "chat_template_stage", "tokenize_stage",
-              "detokenize_stage")
 
 
 def is_cpu(accelerator_type: str | None) -> bool:
@@ -70,19 +70,15 @@ class CpuPlan:
     """What each part of a run reserves of the cluster's CPUs, so that every stage can start.
 
     Ray admits an actor or task only when its ``num_cpus`` are free, and actors keep theirs for
-    the whole run. With Ray Data LLM's defaults (1 CPU per stage actor) a run needs
-    replicas x 5 + 1 CPUs before the first row moves, and on fewer it waits forever (FACTS.md).
-    Here: each engine replica keeps one CPU (on a GPU node for its Python loop, on the CPU
-    backend for the model); the CPU stages' actors share at most half of what is left; every
-    task (enrich's prepare, the pre/post-processing maps) fits in what the actors leave free, so
-    one of each can always run."""
+    the whole run: a run whose actors take every CPU waits forever for its prepare tasks. Each
+    engine replica keeps one CPU (its Python loop feeds the GPU: the HF image processor, the
+    scheduler's inputs and outputs run there; on the CPU backend it is the model's core); a
+    prepare task may take what is left, up to one CPU, so that one can always run."""
 
     total: float
     replicas: int
     replica: float = 1.0
-    stage_actor: float = 0.0
     prepare_task: float = 0.0
-    map_task: float = 0.0
 
     @classmethod
     def fit(cls, total: float, replicas: int) -> CpuPlan:
@@ -90,17 +86,13 @@ class CpuPlan:
         if free < 0.5:
             raise UsageError(
                 f"--engine vllm with {replicas} replica(s) needs at least {replicas + 0.5:g} "
-                f"CPUs (1 per replica plus 0.5 for the CPU stages), the Ray cluster has {total:g}; "
+                f"CPUs (1 per replica plus 0.5 for preparing images), the Ray cluster has {total:g}; "
                 "give it more (--num-cpus) or lower --concurrency / --replicas-per-gpu")
-        n_actors = len(CPU_STAGES) * replicas
-        stage_actor = min(1.0, free / 2 / n_actors)
-        left = free - n_actors * stage_actor
-        return cls(total=total, replicas=replicas, stage_actor=round(stage_actor, 4),
-                   prepare_task=round(min(1.0, left), 4), map_task=round(min(0.25, left), 4))
+        return cls(total=total, replicas=replicas, prepare_task=round(min(1.0, free), 4))
 
     @property
     def reserved(self) -> float:
-        return self.replicas * self.replica + len(CPU_STAGES) * self.replicas * self.stage_actor
+        return self.replicas * self.replica
 
 
 def image_tokens(size: int) -> int:
@@ -109,180 +101,173 @@ def image_tokens(size: int) -> int:
     return (side // QWEN_FACTOR) ** 2
 
 
-def processor_config_kwargs(cfg: RunConfig, cpus: CpuPlan | None = None) -> dict[str, Any]:
-    """The exact keyword arguments for ``vLLMEngineProcessorConfig`` (JSON-able, for --plan)."""
-    # Without a plan fitted to a cluster: a nominal one, as if every stage had a CPU of its own.
-    cpus = cpus or CpuPlan.fit(max(local_cpus(cfg), cfg.replicas * 5 + 1.0), cfg.replicas)
-    on_cpu = is_cpu(cfg.accelerator_type)
+def engine_kwargs(cfg: RunConfig) -> dict[str, Any]:
+    """The exact keyword arguments of each replica's ``vllm.LLM`` (JSON-able, for --plan)."""
     side = max(QWEN_FACTOR, round(cfg.image_size / QWEN_FACTOR) * QWEN_FACTOR)
-    # Tell vLLM the largest image it will see: one image per prompt, at most side x side pixels.
-    # Without this it profiles and reserves memory for a ~16k-token worst-case image.
-    mm_processor_kwargs = {"min_pixels": QWEN_FACTOR * QWEN_FACTOR, "max_pixels": side * side}
-    engine_kwargs: dict[str, Any] = {
+    kwargs: dict[str, Any] = {
         **ENGINE_DEFAULTS,
-        "max_model_len": cfg.max_model_len,
+        "model": cfg.model,
         "revision": cfg.model_revision,
+        "max_model_len": cfg.max_model_len,
+        # Tell vLLM the largest image it will see: one image per prompt, at most side x side
+        # pixels. Without this it profiles and reserves memory for a ~16k-token worst case.
         "limit_mm_per_prompt": {"image": 1},
-        "mm_processor_kwargs": mm_processor_kwargs,
+        "mm_processor_kwargs": {"min_pixels": QWEN_FACTOR * QWEN_FACTOR, "max_pixels": side * side},
     }
     share = cfg.gpu_share
-    if on_cpu:
-        del engine_kwargs["gpu_memory_utilization"]
-        engine_kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+    if is_cpu(cfg.accelerator_type):
+        del kwargs["gpu_memory_utilization"]
+        kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
     elif share > 1:
-        # N engines on one GPU, so N scheduler loops feed it (PERFORMANCE.md: one engine's loop is
-        # the bound). Each is told its share of the memory, and its KV cache size outright: vLLM
-        # sizes the cache by profiling the memory in use, and engines that start together see
-        # each other's allocations there ("No available memory for the cache blocks", measured
-        # on an H100). SHARED_GPU_KV_BYTES holds max_num_seqs x ~220-token captions many times.
-        engine_kwargs["gpu_memory_utilization"] = round(ENGINE_DEFAULTS["gpu_memory_utilization"] / share, 3)
-        engine_kwargs["kv_cache_memory_bytes"] = SHARED_GPU_KV_BYTES
-    engine_kwargs.update(dict(cfg.engine_kwargs))
-    if share > 1 and int(engine_kwargs.get("tensor_parallel_size", 1)) * int(
-            engine_kwargs.get("pipeline_parallel_size", 1)) > 1:
-        raise UsageError("--replicas-per-gpu > 1 cannot be combined with tensor or pipeline parallelism")
-    stage = {"enabled": True, "num_cpus": cpus.stage_actor}
-    placement: dict[str, Any] = {}
-    if on_cpu:
-        # No GPU in the replica's resources: one CPU bundle per replica instead.
-        placement = {"placement_group_config": {"bundles": [{"CPU": cpus.replica}]}}
-    elif share > 1:
-        placement = {"placement_group_config": {"bundles": [{"GPU": round(1 / share, 4),
-                                                             "CPU": cpus.replica}]}}
-    return {
-        "model_source": cfg.model,
-        "engine_kwargs": engine_kwargs,
-        "batch_size": cfg.batch_size,
-        # (n, n): a fixed pool of n replicas. A bare n lets Ray autoscale from 1 to n, and each
-        # replica that scales in and out again reloads the model.
-        "concurrency": [cfg.replicas, cfg.replicas],
-        "accelerator_type": None if on_cpu else cfg.accelerator_type,
-        **placement,
-        # Rows whose generation raises become `failed` rows instead of ending the run.
-        "should_continue_on_error": True,
-        # Several batches in flight per replica, so the GPU never waits on the next batch.
-        "max_concurrent_batches": 4,
-        "prepare_multimodal_stage": {
-            **stage,
-            "model_config_kwargs": {
-                "revision": cfg.model_revision,
-                "limit_mm_per_prompt": {"image": 1},
-                "mm_processor_kwargs": mm_processor_kwargs,
-            },
-        },
-        "chat_template_stage": dict(stage),
-        "tokenize_stage": dict(stage),
-        "detokenize_stage": dict(stage),
-    }
-
-
-def local_cpus(cfg: RunConfig) -> float:
-    """The CPUs a local Ray gets (as enrich starts it); --plan's estimate before Ray runs."""
-    return float(cfg.num_cpus or max(2, os.cpu_count() or 2))
+        # N engines on one GPU, so N Python loops feed it. Each is told its share of the memory,
+        # and its KV cache size outright: vLLM sizes the cache by profiling the memory in use,
+        # and engines that start together see each other's allocations there ("No available
+        # memory for the cache blocks", measured on an H100).
+        kwargs["gpu_memory_utilization"] = round(ENGINE_DEFAULTS["gpu_memory_utilization"] / share, 3)
+        kwargs["kv_cache_memory_bytes"] = SHARED_GPU_KV_BYTES
+    kwargs.update(dict(cfg.engine_kwargs))
+    if int(kwargs.get("tensor_parallel_size", 1)) * int(kwargs.get("pipeline_parallel_size", 1)) > 1:
+        raise UsageError("--engine vllm runs one GPU (or a share of one) per replica: tensor and "
+                         "pipeline parallelism are not supported; a 3B-class model fits one GPU")
+    return kwargs
 
 
 def sampling_params(cfg: RunConfig) -> dict[str, Any]:
     return {"temperature": cfg.temperature, "max_tokens": cfg.max_tokens}
 
 
-def image_data_url(jpeg: bytes) -> str:
-    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
-
-
-def build_messages(jpeg: bytes, *, system_prompt: str, prompt: str) -> list[dict[str, Any]]:
-    """OpenAI-style chat messages as vLLM's chat parser reads them: an ``image_url`` part holding
-    the prepared JPEG as a data URL, then the text part. Every message uses a list of parts, so
-    the Arrow blocks between stages see one content type."""
+def chat(system_prompt: str, prompt: str) -> list[dict[str, Any]]:
+    """The conversation every row sends: the system prompt, then one image and the prompt."""
     return [
-        {"role": "system", "content": [{"type": "text", "text": system_prompt}]},
-        {"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": image_data_url(jpeg)}},
-            {"type": "text", "text": prompt},
-        ]},
+        {"role": "system", "content": system_prompt},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]},
     ]
 
 
-class Preprocess:
-    """Row → what the processor's stages need. Non-pending rows are marked to bypass them."""
-
-    def __init__(self, *, size: int, system_prompt: str, prompt: str, params: dict[str, Any]) -> None:
-        self.size, self.system_prompt, self.prompt, self.params = size, system_prompt, prompt, params
-
-    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        if row["status"] != "pending":
-            return {"image_jpeg": None, ERROR_KEY: BYPASS}
-        messages = build_messages(row["image_jpeg"], system_prompt=self.system_prompt,
-                                  prompt=self.prompt)
-        # the bytes column is dropped here: the data URL carries the image through the stages.
-        return {"image_jpeg": None, "messages": messages, "sampling_params": dict(self.params),
-                ERROR_KEY: ""}
+IMAGE_PLACEHOLDER = "<|image_pad|>"
 
 
-class Postprocess:
-    """A generated row → the engine output columns (only rows that reached the model)."""
-
-    def __init__(self, *, max_tokens: int) -> None:
-        self.max_tokens = max_tokens
-
-    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        text = (row.get("generated_text") or "").strip()
-        tokens = row.get("num_generated_tokens")
-        tokens = int(tokens) if tokens is not None else None
-        ok = bool(text)
-        return {
-            "source_index": row["source_index"],
-            "status": "captioned" if ok else "failed",
-            "error": None if ok else "engine returned an empty caption",
-            "caption": text if ok else None,
-            "num_generated_tokens": tokens,
-            # vLLM reports no finish reason: a caption that used every allowed token was cut off.
-            "caption_truncated": tokens is not None and tokens >= self.max_tokens,
-            "image_width": row.get("image_width"),
-            "image_height": row.get("image_height"),
-        }
+def render_prompt(tokenizer: Any, system_prompt: str, prompt: str) -> str:
+    """The model's chat template applied once: the prompt text every row shares. vLLM expands
+    its one image placeholder into the image's tokens."""
+    text = tokenizer.apply_chat_template(chat(system_prompt, prompt), tokenize=False,
+                                         add_generation_prompt=True)
+    if text.count(IMAGE_PLACEHOLDER) != 1:
+        raise UsageError(f"the model's chat template did not place one image ({IMAGE_PLACEHOLDER}) "
+                         "in the prompt: --engine vllm supports Qwen2-VL-family models")
+    return str(text)
 
 
-def normalize_row(row: dict[str, Any]) -> dict[str, Any]:
-    """After the processor: bypassed and errored rows arrive with the full internal column set
-    (they skip postprocess); map every row to the engine output columns."""
-    marker = row.get(ERROR_KEY) or ""
-    if marker == BYPASS:
-        status, error = row["status"], row.get("error")
-    elif marker:
-        status, error = "failed", f"engine error: {marker}"[:2000]
-    else:
-        status, error = row["status"], row.get("error")
-    captioned = status == "captioned"
-    return {
-        "source_index": int(row["source_index"]),
-        "status": status,
-        "error": error,
-        "caption": row.get("caption") if captioned else None,
-        "num_generated_tokens": row.get("num_generated_tokens") if captioned else None,
-        "caption_truncated": row.get("caption_truncated") if captioned else None,
-        "image_width": row.get("image_width"),
-        "image_height": row.get("image_height"),
-    }
+@dataclass
+class Caption:
+    """One row's outcome from the engine."""
+
+    text: str | None = None
+    tokens: int | None = None
+    truncated: bool | None = None
+    error: str | None = None
 
 
-def _quiet_start_up() -> None:
-    """Start-up chatter that says nothing to an operator, at INFO/WARNING in the driver:
-    ``build_processor`` calls ``ray.init()`` on a connected driver ("Calling ray.init() again"),
-    Ray Data LLM reports that no cloud mirror is configured, and importing vllm on a host
-    without a GPU Triton warns that Triton is disabled. Errors still show."""
-    import logging
+def caption_from_output(output: Any) -> Caption:
+    """A finished ``vllm.RequestOutput`` → the row's caption (pure: reads attributes only)."""
+    completion = output.outputs[0]
+    text = (completion.text or "").strip()
+    tokens = len(completion.token_ids)
+    if not text:
+        return Caption(tokens=tokens, error="engine returned an empty caption")
+    return Caption(text=text, tokens=tokens, truncated=completion.finish_reason == "length")
 
-    logging.getLogger("ray._private.worker").setLevel(logging.WARNING)
-    # Ray Data LLM gives each of its loggers an INFO console handler of its own, unless the
-    # "ray.llm" logger already has a handler: give it one, so they all defer to its level.
-    llm = logging.getLogger("ray.llm")
-    llm.setLevel(logging.WARNING)
-    if not llm.handlers:
-        llm.addHandler(logging.NullHandler())
-    for name in list(logging.root.manager.loggerDict):
-        if name.startswith("ray.llm."):
-            logging.getLogger(name).setLevel(logging.WARNING)
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # the driver's vllm import only
+
+def output_table(batch: pa.Table, results: dict[int, Caption]) -> pa.Table:
+    """The engine output rows of ``batch``: rows at the positions in ``results`` get their
+    caption (or failure); every other row passes through with its own status."""
+    status = batch.column("status").to_pylist()
+    errors = batch.column("error").to_pylist()
+    n = batch.num_rows
+    captions: list[str | None] = [None] * n
+    tokens: list[int | None] = [None] * n
+    truncated: list[bool | None] = [None] * n
+    for i, c in results.items():
+        if c.error is not None:
+            status[i], errors[i] = "failed", c.error[:2000]
+        else:
+            status[i], errors[i] = "captioned", None
+            captions[i], tokens[i], truncated[i] = c.text, c.tokens, c.truncated
+    return pa.table({
+        "source_index": batch.column("source_index"),
+        "status": pa.array(status, pa.string()),
+        "error": pa.array(errors, pa.string()),
+        "caption": pa.array(captions, pa.string()),
+        "num_generated_tokens": pa.array(tokens, pa.int32()),
+        "caption_truncated": pa.array(truncated, pa.bool_()),
+        "image_width": batch.column("image_width"),
+        "image_height": batch.column("image_height"),
+    }, schema=OUTPUT_SCHEMA)
+
+
+def _fatal(exc: BaseException) -> bool:
+    """An error that leaves the engine unusable (its core process died): no row is to blame."""
+    return type(exc).__name__ in ("EngineDeadError", "EngineGenerateError") or isinstance(
+        exc, (MemoryError, SystemError))
+
+
+class VLLMCaptioner:
+    """One engine replica (a Ray actor): a ``vllm.LLM`` and the prompt every row shares."""
+
+    def __init__(self, *, llm_kwargs: dict[str, Any], system_prompt: str, prompt: str,
+                 params: dict[str, Any]) -> None:
+        from vllm import LLM, SamplingParams
+
+        started = time.monotonic()
+        self.llm = LLM(**llm_kwargs)
+        self.prompt = render_prompt(self.llm.get_tokenizer(), system_prompt, prompt)
+        self.params = SamplingParams(**params)
+        self.start_s = time.monotonic() - started
+
+    def _generate(self, items: list[tuple[int, Any]]) -> dict[int, Caption]:
+        """Generate for ``items`` (position, PIL image) at once. A request vLLM refuses fails the
+        whole call: then the items are split in halves until each refusal is one row's."""
+        inputs: list[Any] = [{"prompt": self.prompt, "multi_modal_data": {"image": img}}
+                             for _, img in items]
+        try:
+            outs = self.llm.generate(inputs, self.params, use_tqdm=False)
+        except Exception as exc:  # noqa: BLE001 - sorted below: fatal ends the replica, else per row
+            if _fatal(exc):
+                raise
+            if len(items) == 1:
+                return {items[0][0]: Caption(error=f"engine error: {type(exc).__name__}: {exc}")}
+            half = len(items) // 2
+            return {**self._generate(items[:half]), **self._generate(items[half:])}
+        return {pos: caption_from_output(out) for (pos, _), out in zip(items, outs, strict=True)}
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from PIL import Image
+
+        status = batch.column("status").to_pylist()
+        images = batch.column("image_jpeg").to_pylist()
+        items: list[tuple[int, Any]] = []
+        results: dict[int, Caption] = {}
+        for i, s in enumerate(status):
+            if s != "pending":
+                continue
+            data = images[i]
+            if data is None:  # a pending row always carries its prepared image
+                raise ValueError(f"row {batch.column('source_index')[i]} is pending without an image")
+            try:
+                items.append((i, Image.open(io.BytesIO(data)).convert("RGB")))
+            except Exception as exc:  # noqa: BLE001 - prepare made this JPEG; never expected
+                results[i] = Caption(error=f"prepared image unreadable: {type(exc).__name__}: {exc}")
+        if items:
+            try:
+                results.update(self._generate(items))
+            except Exception:  # noqa: BLE001 - the engine is dead: end this replica
+                # Ray restarts the actor (a fresh engine) and retries the batch; nothing of it
+                # was committed. Raising instead would fail the whole dataset.
+                import traceback
+
+                traceback.print_exc()
+                os._exit(1)
+        return output_table(batch, results)
 
 
 class VLLMEngine:
@@ -296,50 +281,47 @@ class VLLMEngine:
         if self.cpus is not None:
             return self.cpus
         if self.cfg.ray_address:  # the cluster's size is known only once connected
-            return CpuPlan.fit(max(local_cpus(self.cfg), self.cfg.replicas * 5 + 1.0),
-                               self.cfg.replicas)
+            return CpuPlan.fit(max(local_cpus(self.cfg), self.cfg.replicas + 1.0), self.cfg.replicas)
         return CpuPlan.fit(local_cpus(self.cfg), self.cfg.replicas)
 
+    @property
+    def gpus_per_replica(self) -> float:
+        return 0.0 if is_cpu(self.cfg.accelerator_type) else round(1 / self.cfg.gpu_share, 4)
+
     def describe(self) -> dict[str, Any]:
-        tp = int(self.cfg.engine_kwargs.get("tensor_parallel_size", 1))
-        pp = int(self.cfg.engine_kwargs.get("pipeline_parallel_size", 1))
         cpus = self._cpu_plan()
         return {
             "engine": "vllm",
             "device": "cpu" if is_cpu(self.cfg.accelerator_type) else "gpu",
-            "processor_config": processor_config_kwargs(self.cfg, cpus),
+            "accelerator_type": self.cfg.accelerator_type,
+            "llm_kwargs": engine_kwargs(self.cfg),
             "sampling_params": sampling_params(self.cfg),
-            "gpus_per_replica": 0 if is_cpu(self.cfg.accelerator_type) else tp * pp / self.cfg.gpu_share,
+            "batch_size": self.cfg.engine_batch_size,
+            "gpus_per_replica": self.gpus_per_replica,
             "replicas": self.cfg.replicas,
             "cpus": {"cluster": cpus.total, "per_replica": cpus.replica,
-                     "per_cpu_stage_actor": cpus.stage_actor, "per_prepare_task": cpus.prepare_task,
-                     "per_map_task": cpus.map_task},
+                     "per_prepare_task": cpus.prepare_task},
             "image_tokens_per_image": image_tokens(self.cfg.image_size),
         }
 
-    def processor_config(self) -> Any:
-        try:
-            from ray.data.llm import vLLMEngineProcessorConfig
-        except ImportError as exc:
-            raise UsageError(f"--engine vllm needs Ray Data LLM: pip install 'enrich[gpu]' ({exc})") from None
-        return vLLMEngineProcessorConfig(**processor_config_kwargs(self.cfg, self._cpu_plan()))
-
     def check_cluster(self) -> None:
         """Ray waits forever for a GPU that no node has, or for CPUs that its actors already hold
-        (FACTS.md): look before we ask, and size the CPU stages to the cluster."""
+        (Ray admits an actor only when its resources are free): look before we ask, and size the
+        prepare tasks to the cluster."""
         import ray
 
+        engine_kwargs(self.cfg)  # a bad --engine-kwargs combination is a usage error, before Ray waits
         self.cpus = CpuPlan.fit(float(ray.cluster_resources().get("CPU", 0)), self.cfg.replicas)
         if is_cpu(self.cfg.accelerator_type):
             return
         acc = self.cfg.accelerator_type
-        need = self.describe()["gpus_per_replica"] * self.cfg.replicas
+        need = self.gpus_per_replica * self.cfg.replicas
         deadline = time.monotonic() + self.cfg.gpu_wait_s
         while True:
             nodes = [n for n in ray.nodes() if n.get("Alive")]
             gpus = sum(n["Resources"].get("GPU", 0) for n in nodes
                        if not acc or n["Resources"].get(f"accelerator_type:{acc}", 0) > 0)
-            if gpus >= need:
+            if gpus >= need - 1e-6:
                 return
             if time.monotonic() >= deadline:
                 seen = sorted({k.split(":", 1)[1] for n in nodes for k in n["Resources"]
@@ -355,16 +337,29 @@ class VLLMEngine:
         return self._cpu_plan().prepare_task
 
     def apply(self, ds: ray.data.Dataset) -> ray.data.Dataset:
-        _quiet_start_up()
-        from ray.data.llm import build_processor
+        import ray.data
 
         cfg = self.cfg
-        light: dict[str, Any] = {"num_cpus": self._cpu_plan().map_task}
-        processor = build_processor(
-            self.processor_config(),
-            preprocess=Preprocess(size=cfg.image_size, system_prompt=cfg.system_prompt,
-                                  prompt=cfg.prompt, params=sampling_params(cfg)),
-            postprocess=Postprocess(max_tokens=cfg.max_tokens),
-            preprocess_map_kwargs=light, postprocess_map_kwargs=light,
+        on_cpu = is_cpu(cfg.accelerator_type)
+        remote: dict[str, Any] = {"num_cpus": self._cpu_plan().replica}
+        if not on_cpu:
+            remote["num_gpus"] = self.gpus_per_replica
+            remote["accelerator_type"] = cfg.accelerator_type
+        env = {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
+        return ds.map_batches(
+            VLLMCaptioner,
+            fn_constructor_kwargs=dict(llm_kwargs=engine_kwargs(cfg), system_prompt=cfg.system_prompt,
+                                       prompt=cfg.prompt, params=sampling_params(cfg)),
+            batch_size=cfg.engine_batch_size,
+            batch_format="pyarrow",
+            # A fixed pool: each replica loads the model once. Ray Data restarts a replica that
+            # dies and retries its batch (its actor pools default to unlimited restarts/retries).
+            compute=ray.data.ActorPoolStrategy(size=cfg.replicas),
+            runtime_env={"env_vars": env},
+            **remote,
         )
-        return processor(ds).map(normalize_row, num_cpus=light["num_cpus"])
+
+
+def local_cpus(cfg: RunConfig) -> float:
+    """The CPUs a local Ray gets (as enrich starts it); --plan's estimate before Ray runs."""
+    return float(cfg.num_cpus or max(2, os.cpu_count() or 2))
