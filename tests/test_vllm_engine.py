@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,6 +20,7 @@ from PIL import Image
 
 from enrich.config import RunConfig
 from enrich.engines.vllm import (
+    EngineLoop,
     VLLMCaptioner,
     caption_from_output,
     engine_kwargs,
@@ -99,69 +102,123 @@ def _batch(rows: list[dict]) -> pa.Table:
         ("image_jpeg", pa.binary()), ("image_width", pa.int32()), ("image_height", pa.int32())]))
 
 
-class _RefusingLLM:
-    """Stands in for vllm.LLM in the replica's batching logic: like vLLM, one request it refuses
-    fails the whole generate call; it records each call's size."""
+class _FakeEngine:
+    """The part of vLLM's LLMEngine the replica's loop uses: requests are added one at a time
+    (refused ones raise, as vLLM's admission checks do) and finish on the next step."""
 
-    def __init__(self, refuse: set[int]) -> None:
-        self.refuse, self.calls = refuse, []
+    def __init__(self, refuse_add: set[int], die_after: int | None) -> None:
+        self.refuse_add, self.die_after = refuse_add, die_after
+        self.running: list[tuple[str, int]] = []
+        self.steps = self.added = 0
+        self.peak = 0
+        self.lock = threading.Lock()  # asserts that only one thread ever drives the engine
 
-    def generate(self, inputs: list[dict], params: object, use_tqdm: bool) -> list:
-        self.calls.append(len(inputs))
-        for x in inputs:
-            assert x["prompt"] == "P" and x["multi_modal_data"]["image"].size == (SIZE, SIZE)
-            if x["multi_modal_data"]["image"].info["seed"] in self.refuse:
-                raise ValueError("VLLMValidationError: prompt longer than the maximum context length")
-        return [_completion(f"caption {x['multi_modal_data']['image'].info['seed']}", 4, "stop")
-                for x in inputs]
+    def add_request(self, rid: str, rendered: dict, params: object) -> None:
+        assert self.lock.acquire(blocking=False), "two threads in the engine"
+        try:
+            if rendered["seed"] in self.refuse_add:
+                raise ValueError("VLLMValidationError: the prompt is longer than the maximum context length")
+            self.running.append((rid, rendered["seed"]))
+            self.added += 1
+            self.peak = max(self.peak, len(self.running))
+        finally:
+            self.lock.release()
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.running)
+
+    def step(self) -> list:
+        assert self.lock.acquire(blocking=False), "two threads in the engine"
+        try:
+            self.steps += 1
+            if self.die_after is not None and self.steps > self.die_after:
+                raise RuntimeError("EngineDeadError: EngineCore encountered an issue")
+            done, self.running = self.running, []
+            return [SimpleNamespace(request_id=rid, finished=True, **vars(_completion(f"caption {seed}", 4, "stop")))
+                    for rid, seed in done]
+        finally:
+            self.lock.release()
 
 
-def test_replica_captions_pending_rows_and_isolates_refused_ones(monkeypatch: pytest.MonkeyPatch) -> None:
-    from PIL import Image as PILImage
+class _FakeLLM:
+    """vllm.LLM as the replica uses it: the render step (HF processing; refused inputs raise)
+    and the engine."""
 
-    real_open = PILImage.open
+    def __init__(self, refuse_render: set[int] = frozenset(), refuse_add: set[int] = frozenset(),
+                 die_after: int | None = None) -> None:
+        self.refuse_render = refuse_render
+        self.llm_engine = _FakeEngine(set(refuse_add), die_after)
 
-    def tagged_open(fp: io.BytesIO) -> PILImage.Image:  # remember which test image this was
-        img = real_open(fp).convert("RGB")
-        img.info["seed"] = seeds[fp.getvalue()]
-        return img
+    def _preprocess_cmpl_one(self, prompt: dict, tokenization_kwargs: object) -> dict:
+        image = prompt["multi_modal_data"]["image"]
+        assert prompt["prompt"] == "P" and image.size == (SIZE, SIZE) and tokenization_kwargs is None
+        seed = _seed_of(image)
+        if seed in self.refuse_render:
+            raise ValueError(f"image {seed} cannot be processed")
+        return {"seed": seed}
 
-    jpegs = {s: _pixels(s) for s in range(8)}
-    seeds = {v: k for k, v in jpegs.items()}
+
+# Which test image a decoded image is: its first pixels, recorded by _pending_rows.
+_SEEDS: dict[bytes, int] = {}
+
+
+def _seed_of(image: Image.Image) -> int:
+    return _SEEDS[np.asarray(image).tobytes()[:64]]
+
+
+def _replica(llm: _FakeLLM, lookahead: int = 64) -> VLLMCaptioner:
+    replica = VLLMCaptioner.__new__(VLLMCaptioner)
+    replica.prompt = "P"
+    replica.loop = EngineLoop(llm, None, threads=3, lookahead=lookahead)
+    return replica
+
+
+def _pending_rows(seeds: range, base_index: int = 100) -> list[dict]:
+    rows = []
+    for s in seeds:
+        jpeg = _pixels(s)
+        _SEEDS[np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")).tobytes()[:64]] = s
+        rows.append({"source_index": base_index + s, "status": "pending", "image_jpeg": jpeg,
+                     "error": None, "image_width": 10, "image_height": 10})
+    return rows
+
+
+def test_replica_captions_pending_rows_and_fails_refused_ones_alone() -> None:
+    rows = _pending_rows(range(8))
     base = {"error": None, "image_width": 10, "image_height": 10}
-    rows = [{"source_index": 100 + s, "status": "pending", "image_jpeg": jpegs[s], **base} for s in range(8)]
     rows.insert(3, {"source_index": 50, "status": "rejected", "image_jpeg": None, **base,
                     "error": "zero-byte image"})
     rows.insert(5, {"source_index": 51, "status": "duplicate", "image_jpeg": None, **base})
-    monkeypatch.setattr(PILImage, "open", tagged_open)
-    replica = VLLMCaptioner.__new__(VLLMCaptioner)
-    replica.llm, replica.prompt, replica.params = _RefusingLLM(refuse={2, 6}), "P", None
-    out = replica(_batch(rows)).to_pylist()
+    llm = _FakeLLM(refuse_render={2}, refuse_add={6})
+    out = _replica(llm)(_batch(rows)).to_pylist()
     assert [r["source_index"] for r in out] == [r["source_index"] for r in rows]
     by = {r["source_index"]: r for r in out}
     assert by[50]["status"] == "rejected" and by[50]["error"] == "zero-byte image"
     assert by[51]["status"] == "duplicate" and by[51]["caption"] is None
-    for s in range(8):
+    assert by[102]["status"] == "failed" and by[102]["error"] == "engine error: ValueError: image 2 cannot be processed"
+    assert by[106]["status"] == "failed" and "maximum context length" in by[106]["error"]
+    for s in (0, 1, 3, 4, 5, 7):
         r = by[100 + s]
-        if s in (2, 6):
-            assert r["status"] == "failed" and r["caption"] is None
-            assert r["error"].startswith("engine error: ValueError: VLLMValidationError")
-        else:
-            assert (r["status"], r["caption"], r["num_generated_tokens"], r["caption_truncated"],
-                    r["error"]) == ("captioned", f"caption {s}", 4, False, None)
-    calls = replica.llm.calls
-    assert calls[0] == 8 and calls.count(1) >= 2  # one call for the batch, then halves
-    assert sum(1 for c in calls if c == 8) == 1
+        assert (r["status"], r["caption"], r["num_generated_tokens"], r["caption_truncated"],
+                r["error"]) == ("captioned", f"caption {s}", 4, False, None)
+    assert llm.llm_engine.added == 6
+
+
+def test_batches_share_the_engine_within_the_lookahead() -> None:
+    """Two batches at once (as Ray Data runs them on one replica), more rows than the lookahead:
+    all captioned, never more than the lookahead in the engine, one thread in the engine."""
+    llm = _FakeLLM()
+    replica = _replica(llm, lookahead=3)
+    batches = [_batch(_pending_rows(range(k * 20, k * 20 + 20))) for k in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        outs = list(pool.map(replica, batches))
+    for k, out in enumerate(outs):
+        rows = out.to_pylist()
+        assert [r["caption"] for r in rows] == [f"caption {s}" for s in range(k * 20, k * 20 + 20)]
+    assert llm.llm_engine.added == 40 and llm.llm_engine.peak <= 3
 
 
 def test_a_dead_engine_ends_the_replica_not_the_rows(monkeypatch: pytest.MonkeyPatch) -> None:
-    class EngineDeadError(Exception):
-        pass
-
-    class Dead:
-        def generate(self, *a: object, **k: object) -> list:
-            raise EngineDeadError("EngineCore encountered an issue")
-
     exits: list[int] = []
 
     def fake_exit(code: int) -> None:
@@ -169,12 +226,9 @@ def test_a_dead_engine_ends_the_replica_not_the_rows(monkeypatch: pytest.MonkeyP
         raise SystemExit(code)
 
     monkeypatch.setattr("enrich.engines.vllm.os._exit", fake_exit)
-    replica = VLLMCaptioner.__new__(VLLMCaptioner)
-    replica.llm, replica.prompt, replica.params = Dead(), "P", None
-    rows = [{"source_index": 0, "status": "pending", "image_jpeg": _pixels(0), "error": None,
-             "image_width": 1, "image_height": 1}]
+    replica = _replica(_FakeLLM(die_after=1), lookahead=2)
     with pytest.raises(SystemExit):
-        replica(_batch(rows))
+        replica(_batch(_pending_rows(range(6))))
     assert exits == [1]  # Ray restarts the actor and retries the batch; nothing is marked failed
 
 

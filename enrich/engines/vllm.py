@@ -21,7 +21,10 @@ The Ray adapter is :class:`VLLMEngine`; the replica is :class:`VLLMCaptioner`.
 from __future__ import annotations
 
 import io
+import itertools
 import os
+import queue
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -45,12 +48,25 @@ QWEN_FACTOR = 28
 #   hold ~2 GB of KV; vLLM's own benchmark on an H200 ran faster at 256 than at 512.
 # - enable_prefix_caching: every prompt starts with the same system prompt and template.
 # - gpu_memory_utilization 0.90: room for the CUDA graphs and the vision encoder activations.
+# - mm_processor_cache_gb 0: vLLM caches processed images by their pixels; a dataset's images
+#   are distinct (duplicates never reach the engine), so the cache would only copy tensors, and
+#   it is not safe to use from the replica's render threads.
 ENGINE_DEFAULTS: dict[str, Any] = {
     "max_num_seqs": 256,
     "enable_prefix_caching": True,
     "gpu_memory_utilization": 0.90,
     "dtype": "bfloat16",
+    "mm_processor_cache_gb": 0,
 }
+# Threads per GPU replica that run vLLM's input processing (HF image processor, tokenizer) for
+# its rows, and the CPUs the replica reserves for them, its engine loop and vLLM's engine-core
+# process (a busy loop of its own). Measured on one H200 (PERFORMANCE.md): one engine's serial
+# input processing capped it near 106 captions/s while the GPU was less than half busy.
+RENDER_THREADS = 4
+REPLICA_CPUS = 3.0
+# Batches a replica works on at once (Ray actor concurrency): the next batch is rendered and
+# queued while the last rows of the previous one finish, so the engine never drains.
+BATCHES_IN_FLIGHT = 2
 
 # --accelerator-type cpu: the replica runs vLLM's CPU backend. There vLLM reads
 # gpu_memory_utilization as a share of host RAM (0.9 of it!), so the KV cache is sized explicitly.
@@ -81,14 +97,18 @@ class CpuPlan:
     prepare_task: float = 0.0
 
     @classmethod
-    def fit(cls, total: float, replicas: int) -> CpuPlan:
-        free = total - replicas * 1.0
+    def fit(cls, total: float, replicas: int, want: float = 1.0) -> CpuPlan:
+        """``want`` CPUs per replica where the cluster has them to spare, else down to one."""
+        replica = max(1.0, min(want, (total - 1.0) / replicas))
+        replica = float(int(replica * 4) / 4)  # quarter CPUs: a readable plan
+        free = total - replicas * replica
         if free < 0.5:
             raise UsageError(
                 f"--engine vllm with {replicas} replica(s) needs at least {replicas + 0.5:g} "
                 f"CPUs (1 per replica plus 0.5 for preparing images), the Ray cluster has {total:g}; "
                 "give it more (--num-cpus) or lower --concurrency / --replicas-per-gpu")
-        return cls(total=total, replicas=replicas, prepare_task=round(min(1.0, free), 4))
+        return cls(total=total, replicas=replicas, replica=replica,
+                   prepare_task=round(min(1.0, free), 4))
 
     @property
     def reserved(self) -> float:
@@ -205,6 +225,124 @@ def output_table(batch: pa.Table, results: dict[int, Caption]) -> pa.Table:
     }, schema=OUTPUT_SCHEMA)
 
 
+class EngineDead(RuntimeError):
+    """The replica's engine stopped (its core process died, CUDA failed): no row is to blame."""
+
+
+class _Batch:
+    """One caller's rows on their way through the engine loop."""
+
+    def __init__(self, n: int) -> None:
+        self.left = n
+        self.results: dict[int, Caption] = {}
+        self.done = threading.Event()
+        self.dead: BaseException | None = None
+
+    def finish(self, pos: int, caption: Caption) -> None:
+        self.results[pos] = caption
+        self.left -= 1
+        if self.left == 0:
+            self.done.set()
+
+
+class EngineLoop:
+    """Owns a ``vllm.LLM``'s engine: one thread adds rendered requests and steps the engine, for
+    every batch in flight on this replica, so the engine keeps ``max_num_seqs`` sequences
+    running across batch boundaries instead of draining at the end of each batch.
+
+    The multimodal input processing (the HF image processor, the tokenizer) is the costly part
+    per row outside the GPU and ran serially in ``LLM.generate``; here callers render in a
+    thread pool (it releases the GIL for most of its work) while the loop thread alone talks to
+    the engine (its sockets are not thread-safe). ``lookahead`` bounds the rendered requests
+    held per replica (each holds its image's pixel tensor)."""
+
+    def __init__(self, llm: Any, params: Any, *, threads: int, lookahead: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.llm, self.params = llm, params
+        self.engine = llm.llm_engine
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="enrich-render")
+        self.slots = threading.Semaphore(lookahead)
+        self.inbox: queue.Queue[tuple[str, Any, _Batch, int]] = queue.Queue()
+        self.waiting: dict[str, tuple[_Batch, int]] = {}
+        self.ids = itertools.count()
+        self.dead: BaseException | None = None
+        threading.Thread(target=self._run, name="enrich-engine", daemon=True).start()
+
+    def _render(self, prompt: dict[str, Any]) -> Any:
+        # The render step of LLM.generate (same call, same result), run outside its loop.
+        return self.llm._preprocess_cmpl_one(prompt, None)
+
+    def caption(self, prompts: list[tuple[int, dict[str, Any]]]) -> dict[int, Caption]:
+        """Caption ``prompts`` (position, vLLM prompt); returns position → caption. Raises
+        :class:`EngineDead` when the engine stops."""
+        if not prompts:
+            return {}
+        batch = _Batch(len(prompts))
+        futures: list[tuple[int, Any]] = []
+        for pos, prompt in prompts:
+            while not self.slots.acquire(timeout=0.05):
+                self._hand_over_done(batch, futures)
+            if self.dead is not None:
+                raise EngineDead(str(self.dead))
+            futures.append((pos, self.pool.submit(self._render, prompt)))
+            self._hand_over_done(batch, futures)
+        for pos, fut in futures:
+            self._hand_over(batch, pos, fut)
+        while not batch.done.wait(1.0):
+            if self.dead is not None:
+                raise EngineDead(str(self.dead))
+        return batch.results
+
+    def _hand_over_done(self, batch: _Batch, futures: list[tuple[int, Any]]) -> None:
+        """Hand the rendered requests at the head of ``futures`` to the loop, in order."""
+        while futures and futures[0][1].done():
+            self._hand_over(batch, *futures.pop(0))
+
+    def _hand_over(self, batch: _Batch, pos: int, fut: Any) -> None:
+        try:
+            rendered = fut.result()
+        except Exception as exc:  # noqa: BLE001 - vLLM refused this row's input: the row fails
+            self.slots.release()
+            batch.finish(pos, Caption(error=f"engine error: {type(exc).__name__}: {exc}"))
+            return
+        self.inbox.put((str(next(self.ids)), rendered, batch, pos))
+
+    def _add_queued(self, block: bool) -> None:
+        while True:
+            try:
+                rid, rendered, batch, pos = self.inbox.get(block=block)
+            except queue.Empty:
+                return
+            block = False
+            try:
+                self.engine.add_request(rid, rendered, self.params)
+            except Exception as exc:  # noqa: BLE001 - refused at admission: the row fails
+                if _fatal(exc):
+                    raise
+                self.slots.release()
+                batch.finish(pos, Caption(error=f"engine error: {type(exc).__name__}: {exc}"))
+                continue
+            self.waiting[rid] = (batch, pos)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self._add_queued(block=not self.engine.has_unfinished_requests())
+                if not self.engine.has_unfinished_requests():
+                    continue
+                for out in self.engine.step():
+                    if out.finished and out.request_id in self.waiting:
+                        batch, pos = self.waiting.pop(out.request_id)
+                        self.slots.release()
+                        batch.finish(pos, caption_from_output(out))
+        except BaseException as exc:  # noqa: BLE001 - every caller learns that the engine is gone
+            self.dead = exc
+            for batch, _ in self.waiting.values():
+                batch.dead = exc
+            self.slots.release(1_000_000)
+
+
 def _fatal(exc: BaseException) -> bool:
     """An error that leaves the engine unusable (its core process died): no row is to blame."""
     return type(exc).__name__ in ("EngineDeadError", "EngineGenerateError") or isinstance(
@@ -212,40 +350,32 @@ def _fatal(exc: BaseException) -> bool:
 
 
 class VLLMCaptioner:
-    """One engine replica (a Ray actor): a ``vllm.LLM`` and the prompt every row shares."""
+    """One engine replica (a Ray actor): a ``vllm.LLM``, the prompt every row shares, and the
+    loop that feeds it. Ray Data may run two batches on it at once (``max_concurrency``)."""
 
     def __init__(self, *, llm_kwargs: dict[str, Any], system_prompt: str, prompt: str,
-                 params: dict[str, Any]) -> None:
+                 params: dict[str, Any], render_threads: int, lookahead: int) -> None:
+        import torch
         from vllm import LLM, SamplingParams
+        from vllm.sampling_params import RequestOutputKind
 
+        # Parallelism comes from the render threads; one intra-op thread each for the image
+        # processor's small tensors.
+        torch.set_num_threads(1)
         started = time.monotonic()
-        self.llm = LLM(**llm_kwargs)
-        self.prompt = render_prompt(self.llm.get_tokenizer(), system_prompt, prompt)
-        self.params = SamplingParams(**params)
+        llm = LLM(**llm_kwargs)
+        self.prompt = render_prompt(llm.get_tokenizer(), system_prompt, prompt)
+        sampling = SamplingParams(**params)
+        sampling.output_kind = RequestOutputKind.FINAL_ONLY  # as LLM.generate asks: no streaming
+        self.loop = EngineLoop(llm, sampling, threads=render_threads, lookahead=lookahead)
         self.start_s = time.monotonic() - started
-
-    def _generate(self, items: list[tuple[int, Any]]) -> dict[int, Caption]:
-        """Generate for ``items`` (position, PIL image) at once. A request vLLM refuses fails the
-        whole call: then the items are split in halves until each refusal is one row's."""
-        inputs: list[Any] = [{"prompt": self.prompt, "multi_modal_data": {"image": img}}
-                             for _, img in items]
-        try:
-            outs = self.llm.generate(inputs, self.params, use_tqdm=False)
-        except Exception as exc:  # noqa: BLE001 - sorted below: fatal ends the replica, else per row
-            if _fatal(exc):
-                raise
-            if len(items) == 1:
-                return {items[0][0]: Caption(error=f"engine error: {type(exc).__name__}: {exc}")}
-            half = len(items) // 2
-            return {**self._generate(items[:half]), **self._generate(items[half:])}
-        return {pos: caption_from_output(out) for (pos, _), out in zip(items, outs, strict=True)}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from PIL import Image
 
         status = batch.column("status").to_pylist()
         images = batch.column("image_jpeg").to_pylist()
-        items: list[tuple[int, Any]] = []
+        prompts: list[tuple[int, dict[str, Any]]] = []
         results: dict[int, Caption] = {}
         for i, s in enumerate(status):
             if s != "pending":
@@ -254,19 +384,20 @@ class VLLMCaptioner:
             if data is None:  # a pending row always carries its prepared image
                 raise ValueError(f"row {batch.column('source_index')[i]} is pending without an image")
             try:
-                items.append((i, Image.open(io.BytesIO(data)).convert("RGB")))
+                image = Image.open(io.BytesIO(data)).convert("RGB")
             except Exception as exc:  # noqa: BLE001 - prepare made this JPEG; never expected
                 results[i] = Caption(error=f"prepared image unreadable: {type(exc).__name__}: {exc}")
-        if items:
-            try:
-                results.update(self._generate(items))
-            except Exception:  # noqa: BLE001 - the engine is dead: end this replica
-                # Ray restarts the actor (a fresh engine) and retries the batch; nothing of it
-                # was committed. Raising instead would fail the whole dataset.
-                import traceback
+                continue
+            prompts.append((i, {"prompt": self.prompt, "multi_modal_data": {"image": image}}))
+        try:
+            results.update(self.loop.caption(prompts))
+        except EngineDead:
+            # Ray restarts the actor (a fresh engine) and retries its batches; nothing of them
+            # was committed. Raising instead would fail the whole dataset.
+            import traceback
 
-                traceback.print_exc()
-                os._exit(1)
+            traceback.print_exc()
+            os._exit(1)
         return output_table(batch, results)
 
 
@@ -281,8 +412,17 @@ class VLLMEngine:
         if self.cpus is not None:
             return self.cpus
         if self.cfg.ray_address:  # the cluster's size is known only once connected
-            return CpuPlan.fit(max(local_cpus(self.cfg), self.cfg.replicas + 1.0), self.cfg.replicas)
-        return CpuPlan.fit(local_cpus(self.cfg), self.cfg.replicas)
+            return CpuPlan.fit(max(local_cpus(self.cfg), self.cfg.replicas + 1.0), self.cfg.replicas,
+                               self.replica_cpus)
+        return CpuPlan.fit(local_cpus(self.cfg), self.cfg.replicas, self.replica_cpus)
+
+    @property
+    def replica_cpus(self) -> float:
+        return 1.0 if is_cpu(self.cfg.accelerator_type) else REPLICA_CPUS
+
+    @property
+    def render_threads(self) -> int:
+        return 1 if is_cpu(self.cfg.accelerator_type) else RENDER_THREADS
 
     @property
     def gpus_per_replica(self) -> float:
@@ -301,6 +441,8 @@ class VLLMEngine:
             "replicas": self.cfg.replicas,
             "cpus": {"cluster": cpus.total, "per_replica": cpus.replica,
                      "per_prepare_task": cpus.prepare_task},
+            "render_threads_per_replica": self.render_threads,
+            "batches_in_flight_per_replica": BATCHES_IN_FLIGHT,
             "image_tokens_per_image": image_tokens(self.cfg.image_size),
         }
 
@@ -311,7 +453,8 @@ class VLLMEngine:
         import ray
 
         engine_kwargs(self.cfg)  # a bad --engine-kwargs combination is a usage error, before Ray waits
-        self.cpus = CpuPlan.fit(float(ray.cluster_resources().get("CPU", 0)), self.cfg.replicas)
+        self.cpus = CpuPlan.fit(float(ray.cluster_resources().get("CPU", 0)), self.cfg.replicas,
+                                self.replica_cpus)
         if is_cpu(self.cfg.accelerator_type):
             return
         acc = self.cfg.accelerator_type
@@ -346,15 +489,23 @@ class VLLMEngine:
             remote["num_gpus"] = self.gpus_per_replica
             remote["accelerator_type"] = cfg.accelerator_type
         env = {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
+        llm_kwargs = engine_kwargs(cfg)
         return ds.map_batches(
             VLLMCaptioner,
-            fn_constructor_kwargs=dict(llm_kwargs=engine_kwargs(cfg), system_prompt=cfg.system_prompt,
-                                       prompt=cfg.prompt, params=sampling_params(cfg)),
+            fn_constructor_kwargs=dict(
+                llm_kwargs=llm_kwargs, system_prompt=cfg.system_prompt, prompt=cfg.prompt,
+                params=sampling_params(cfg), render_threads=self.render_threads,
+                lookahead=2 * int(llm_kwargs.get("max_num_seqs", 256))),
             batch_size=cfg.engine_batch_size,
             batch_format="pyarrow",
             # A fixed pool: each replica loads the model once. Ray Data restarts a replica that
-            # dies and retries its batch (its actor pools default to unlimited restarts/retries).
-            compute=ray.data.ActorPoolStrategy(size=cfg.replicas),
+            # dies and retries its batches (its actor pools default to unlimited restarts/retries).
+            # Two calls at once on each replica, truly in threads: the replica is thread-safe
+            # (one loop thread owns the engine).
+            compute=ray.data.ActorPoolStrategy(size=cfg.replicas,
+                                               max_tasks_in_flight_per_actor=BATCHES_IN_FLIGHT,
+                                               max_concurrent_calls_per_actor=BATCHES_IN_FLIGHT,
+                                               enable_true_multi_threading=True),
             runtime_env={"env_vars": env},
             **remote,
         )
