@@ -139,6 +139,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("enrich: interrupted; committed rows are safe, run the same command to resume",
               file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # stdout was closed by its reader (`enrich status | head -1`): what it wanted, it got.
+        # Point stdout at /dev/null so that the final flush cannot raise again.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 __all__ = ["UsageError", "build_run_parser", "main"]

@@ -84,13 +84,9 @@ def _render(table: pa.Table, fmt: str, out: Any) -> None:
 
 
 # -- status ------------------------------------------------------------------------------------
-def status(argv: Sequence[str]) -> int:
-    p = Parser(prog="enrich status", description="Where the table stands: rows by caption "
-                "config and status, resume positions, recent runs, table version and file count.")
-    _common(p)
-    p.add_argument("--format", choices=("table", "json"), default="table", help="output format")
-    args = p.parse_args(argv)
-    table = _open(args.table)
+def status_info(table_uri: str, checkpoint_dir: str = "./checkpoints") -> dict[str, Any]:
+    """Where the table stands, as data: what ``enrich status --format json`` prints."""
+    table = _open(table_uri)
     con = _duckdb(table)
     by = con.sql("SELECT source, caption_config, any_value(model) AS model, status, count(*) AS rows "
                  "FROM captions GROUP BY ALL ORDER BY source, caption_config, status")
@@ -107,12 +103,24 @@ def status(argv: Sequence[str]) -> int:
                               "offset": entry.get(META_PREFIX + "next_offset"),
                               "exhausted": entry.get(META_PREFIX + "exhausted") == "true"}
     runs = []
-    for j in read_journals(args.checkpoint_dir, args.table)[-10:]:
+    for j in read_journals(checkpoint_dir, table_uri)[-10:]:
         runs.append({"run_id": j["run_id"], "start": _ts(j.get("started_at")),
                      "end": _ts(j.get("ended_at")), "rows": j.get("rows"),
                      "rows_per_s": round(j.get("rows_per_s") or 0, 1), "outcome": j.get("outcome")})
-    info = {"table": args.table, "version": dt.version(), "files": len(dt.file_uris()),
+    return {"table": table_uri, "version": dt.version(), "files": len(dt.file_uris()),
             "rows": by.to_pylist(), "resume_positions": list(positions.values()), "recent_runs": runs}
+
+
+def status(argv: Sequence[str]) -> int:
+    p = Parser(prog="enrich status", description="Where the table stands: rows by caption "
+                "config and status, resume positions, recent runs, table version and file count.")
+    _common(p)
+    p.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    args = p.parse_args(argv)
+    info = status_info(args.table, args.checkpoint_dir)
+    by = pa.Table.from_pylist(info["rows"]) if info["rows"] else pa.table(
+        {"none": pa.array([], pa.string())})
+    positions, runs = info["resume_positions"], info["recent_runs"]
     if args.format == "json":
         print(json.dumps(info, indent=2, default=str))
         return 0

@@ -65,10 +65,22 @@ class Sample:
         return None if self.image is None else hashlib.sha256(self.image).hexdigest()
 
 
+def looks_like_path(source: str) -> bool:
+    """A local path as typed: ``./``, ``../``, ``/``, ``~``, or a data file's extension. Such a
+    source is never taken for a hub dataset id, so a typo is answered at once."""
+    if "://" in source:
+        return False
+    bare = source.rstrip("/\\")
+    return (source.startswith(("./", "../", "/", "~", ".\\", "..\\")) or bare in (".", "..")
+            or source.endswith(("/", "\\"))
+            or bare.lower().endswith(tuple("." + e for e in ("tar", "parquet", *IMAGE_EXTS))))
+
+
 def _is_hub_id(source: str) -> bool:
     return (
         "://" not in source
         and source.count("/") == 1
+        and not looks_like_path(source)
         and not os.path.exists(source)
         and not any(ch in source for ch in "*?[")
     )
@@ -190,6 +202,9 @@ def list_shards(source: str, *, sample_dir: str | None = None, image_column: str
                             shown=source, image_column=image_column)
     if "://" in source:
         return _list_fsspec(source, image_column=image_column)
+    source = os.path.expanduser(source)
+    if looks_like_path(source) and not any(ch in source for ch in "*?[") and not os.path.exists(source):
+        raise SourceError(f"--source {source!r}: no such file or folder")
     if os.path.isdir(source):
         found = sorted(globmod.glob(os.path.join(source, "**", "*"), recursive=True))
     elif os.path.isfile(source):
