@@ -83,7 +83,36 @@ def _init_ray(cfg: RunConfig) -> None:
     if cfg.ray_address:
         ray.init(address=cfg.ray_address, **kwargs)
     else:
+        _check_local_auth()
+        _restrict_token_file()
         ray.init(num_cpus=cfg.num_cpus or max(2, os.cpu_count() or 2), **kwargs)
+        _restrict_token_file()
+
+
+# A local Ray (2.60) binds its gRPC servers (GCS, raylet, object manager, workers) to every
+# network interface: `ss -ltnp` during a run shows them on *:PORT, and `_node_ip_address=
+# "127.0.0.1"` does not change that. What keeps other machines out is Ray's token
+# authentication, on by default in 2.60 for a cluster that ray.init() starts: a client without
+# the token is refused. Ray writes the token to ~/.ray/auth_token readable by everyone (0644);
+# enrich makes it the user's alone. An explicit RAY_AUTH_MODE other than "token" is respected,
+# with a warning.
+def _check_local_auth() -> None:
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode is not None and mode.lower() != "token":
+        log.warning("RAY_AUTH_MODE=%s: the local Ray cluster that enrich starts listens on every "
+                    "network interface and accepts clients without authentication", mode)
+
+
+def _restrict_token_file() -> None:
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return  # given in the environment, not in a file
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.join(os.path.expanduser("~"), ".ray",
+                                                                 "auth_token")
+    try:
+        if os.path.isfile(path) and os.stat(path).st_mode & 0o077:
+            os.chmod(path, 0o600)
+    except OSError as exc:  # someone else's file: say so, do not fail the run
+        log.warning("could not make the Ray token file %s readable by this user only: %s", path, exc)
 
 
 def _configure_data_context() -> None:
