@@ -8,8 +8,10 @@ Precedence: flags > environment (``ENRICH_<NAME>``) > config file (``enrich.toml
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -277,7 +279,17 @@ def storage_options_from_env() -> dict[str, str]:
     """Object-store settings that delta-rs does not pick up from the environment by itself.
     (Credentials it reads itself; they never pass through enrich.)"""
     names = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_ALLOW_HTTP", "AWS_S3_ALLOW_UNSAFE_RENAME")
+    if os.environ.get("AWS_S3_ALLOW_UNSAFE_RENAME", "").lower() in ("1", "true", "yes"):
+        _warn_unsafe_rename()
     return {name: os.environ[name] for name in names if os.environ.get(name)}
+
+
+@functools.lru_cache(maxsize=1)
+def _warn_unsafe_rename() -> None:
+    """Once per process: delta-rs commits to S3 with conditional writes unless this is set."""
+    logging.getLogger("enrich").warning(
+        "AWS_S3_ALLOW_UNSAFE_RENAME is set: it turns off delta-rs's protection against two "
+        "writers committing the same table version; S3, R2 and MinIO need no such setting")
 
 
 # The driver's settings for reaching the source, which read tasks on other processes and nodes

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import _free_port
-from tests.test_kill_resume import kill_after
 
 moto_server = pytest.importorskip("moto.server")
 boto3 = pytest.importorskip("boto3")
@@ -25,8 +25,8 @@ def s3_env() -> dict[str, str]:
         "AWS_ACCESS_KEY_ID": "test-key-id", "AWS_SECRET_ACCESS_KEY": "test-secret",
         "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ALLOW_HTTP": "true",
-        # moto has no DynamoDB lock here; a single writer per table is what enrich enforces anyway
-        "AWS_S3_ALLOW_UNSAFE_RENAME": "true",
+        # no AWS_S3_ALLOW_UNSAFE_RENAME: delta-rs commits with conditional writes (If-None-Match),
+        # which moto's server honours, so concurrent writers stay safe
     }
     boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
                  aws_access_key_id="test-key-id",
@@ -59,7 +59,24 @@ def test_s3_table_run_kill_resume(s3_env: dict[str, str], shards: Path, tmp_path
     assert clean.returncode == 0, clean.stderr
     args = ["--until", "120", "--table", "s3://captions-bucket/killed", "--commit-every", "10",
             "--dry-run-ms-per-image", "25", *common]
-    code = kill_after(args, Path("/nonexistent"), 0, 4.0)  # the log is remote: kill by time
+    s3 = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                      aws_access_key_id="test-key-id", aws_secret_access_key="test-secret")
+
+    def commits() -> int:
+        listed = s3.list_objects_v2(Bucket="captions-bucket", Prefix="killed/_delta_log/")
+        return sum(o["Key"].endswith(".json") for o in listed.get("Contents", []))
+
+    proc = subprocess.Popen([sys.executable, "-m", "enrich", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while commits() < 3:  # the table's creation and two commits of rows
+        assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()[-2000:]}"
+        assert time.monotonic() < deadline, "the run made no commit in 180 s"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -9
+    partial = _s3_outcome("s3://captions-bucket/killed", s3_env)
+    assert 0 < len(partial) < 120 and sorted(partial) == list(range(len(partial)))
     resumed = subprocess.run([sys.executable, "-m", "enrich", *args], capture_output=True,
                              text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
@@ -69,6 +86,23 @@ def test_s3_table_run_kill_resume(s3_env: dict[str, str], shards: Path, tmp_path
     a = _s3_outcome("s3://captions-bucket/clean", s3_env)
     b = _s3_outcome("s3://captions-bucket/killed", s3_env)
     assert len(a) == 120 and a == b
-    assert code in (-9, 0)
+    assert all(b[i] == a[i] for i in partial)  # what the killed run committed stands as it was
     assert "test-secret" not in resumed.stderr + clean.stderr
-    assert os.environ["AWS_SECRET_ACCESS_KEY"] == "test-secret"
+
+
+def test_unsafe_rename_is_warned_about_once(monkeypatch: pytest.MonkeyPatch,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    from enrich.config import _warn_unsafe_rename, storage_options_from_env
+
+    _warn_unsafe_rename.cache_clear()
+    monkeypatch.setenv("AWS_S3_ALLOW_UNSAFE_RENAME", "true")
+    with caplog.at_level("WARNING", logger="enrich"):
+        storage_options_from_env()
+        storage_options_from_env()
+    warned = [r for r in caplog.records if "AWS_S3_ALLOW_UNSAFE_RENAME" in r.getMessage()]
+    assert len(warned) == 1 and "turns off" in warned[0].getMessage()
+    monkeypatch.delenv("AWS_S3_ALLOW_UNSAFE_RENAME")
+    _warn_unsafe_rename.cache_clear()
+    caplog.clear()
+    assert "AWS_S3_ALLOW_UNSAFE_RENAME" not in storage_options_from_env()
+    assert not caplog.records
