@@ -6,8 +6,8 @@ Ray 2.60 with its real vLLM processor, for benchmarks/gpu.py.
 As the tutorial: batch 16, max_model_len 8192, no image-size bound given to vLLM, PIL images in
 the messages (resized to 225x225 in a Ray map), repartition, the header-only validity filter,
 materialize at the end. Two changes, both forced: `has_image=True` and `build_llm_processor`
-no longer exist in Ray 2.60 (`prepare_multimodal_stage` and `build_processor` replace them,
-FACTS.md), and the image part is vLLM's `image_pil`; the shards are read with
+no longer exist in Ray 2.60 (`prepare_multimodal_stage` and `build_processor` replace them),
+and the image part is vLLM's `image_pil`; the shards are read with
 `ray.data.read_webdataset` (the GPU host has no `datasets`; the tutorial streams the hub
 through `datasets` into one read task, which can only be slower).
 """

@@ -156,8 +156,8 @@ def exit_now(code: int) -> None:
     """End the process with ``code`` once the command is done, skipping interpreter teardown.
 
     A process that has used deltalake (delta-rs) and pyarrow can abort while the interpreter
-    tears down their native threads ("terminate called without an active exception", exit -6:
-    FACTS.md, and seen here once on a `nothing to do` rerun) although the command succeeded.
+    tears down their native threads ("terminate called without an active exception", exit -6,
+    seen with pyarrow 26 and once on a `nothing to do` rerun) although the command succeeded.
     Everything that matters is finished by then: commits are in the Delta log, journals are
     fsynced, Ray is shut down below. So flush what is buffered and leave without the teardown."""
     import os

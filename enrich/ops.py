@@ -1,7 +1,7 @@
 """Operating the table: ``status``, ``sql``, ``compact`` and ``gallery``.
 
-Each reads the table through ``CaptionsTable`` (to_pyarrow_dataset, never to_pyarrow_table: see
-FACTS.md) and the run journals; none of them changes a row.
+Each reads the table through ``CaptionsTable`` (to_pyarrow_dataset, never to_pyarrow_table, which
+makes the process abort at exit with pyarrow 26) and the run journals; none of them changes a row.
 """
 
 from __future__ import annotations

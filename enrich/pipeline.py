@@ -238,7 +238,7 @@ def _execute(cfg: RunConfig, table: CaptionsTable, plan: Plan, engine: Engine, r
                              override_num_blocks=math.ceil(n_chunks / per_block))
     ds = ds.map_batches(FetchChunks, fn_constructor_kwargs={"feeder_name": feeder_name},
                         # waiting on the feeder is all it does: no CPU reserved (on 2 cores a
-                        # reserved slot here would starve prepare, FACTS.md)
+                        # reserved slot here would starve prepare: actors keep their CPUs)
                         batch_size=None, batch_format="numpy", num_cpus=0,
                         compute=ray.data.ActorPoolStrategy(size=1))
     ds = ds.map_batches(prepare_batch,  # type: ignore[arg-type]

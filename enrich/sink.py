@@ -4,7 +4,8 @@ Every commit appends a contiguous run of ``source_index`` values *and* records, 
 commit, how far the stream got: an app transaction (``app_id`` = source + caption config,
 ``version`` = the next source_index) plus custom metadata with the shard position. The table's
 own log is therefore the only resume state. delta-rs records app transactions but does not
-enforce them (FACTS.md), so :meth:`CaptionsTable.append` checks the recorded version before it
+enforce them (re-appending with the same or a lower version is accepted, checked with
+deltalake 1.6), so :meth:`CaptionsTable.append` checks the recorded version before it
 writes and after any ambiguous failure: a retried commit never lands twice.
 """
 
@@ -135,7 +136,7 @@ class CaptionsTable:
     # -- reading -----------------------------------------------------------------------------
     def dataset(self) -> pads.Dataset | None:
         dt = self._delta()
-        # to_pyarrow_table() makes the process abort at exit with pyarrow 26 (FACTS.md);
+        # to_pyarrow_table() makes the process abort at exit with pyarrow 26 (exit 134, every time);
         # to_pyarrow_dataset() does not. Every read of the table goes through here.
         return None if dt is None else dt.to_pyarrow_dataset()
 

@@ -2,7 +2,7 @@
 
 Canonical order: shards sorted by name, samples in tar order. A sample is the run of consecutive
 members sharing a key (``<key>.jpg`` + ``<key>.txt``). Nothing is decoded here: with decoding on,
-one corrupt JPEG ends a ``datasets`` iterator and loses every later row (see FACTS.md), so the
+one corrupt JPEG ends a ``datasets`` iterator and loses every later row, so the
 reader hands out bytes and the prepare stage judges them.
 
 Shards come from a local directory or glob, any fsspec URL (``s3://``, ``hf://``...), a Hugging Face
@@ -333,8 +333,8 @@ def _opener_fs(fs: Any, path: str) -> Callable[[], IO[bytes]]:
 
 # The `datasets` library knows the hub's conventions for a dataset's subsets (configs), splits
 # and file formats (README YAML, folder and file naming); enrich asks it which files make up a
-# split and reads those files itself (see FACTS.md: `datasets`' own iterators lose every row
-# after a corrupt image, and read a dataset in one task).
+# split and reads those files itself (`datasets`' own iterators lose every row after a corrupt
+# image, and Ray reads such a dataset in one task).
 _HUB_FORMATS = {"webdataset": "tar", "parquet": "parquet", "imagefolder": "image"}
 
 

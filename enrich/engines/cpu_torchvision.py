@@ -1,6 +1,6 @@
 """Make PyPI's torchvision importable beside CPU-only torch: the one place this trap is handled.
 
-The trap (FACTS.md, "vLLM on CPU"): every torchvision wheel on PyPI for x86-64 is a CUDA build.
+The trap: every torchvision wheel on PyPI for x86-64 is a CUDA build.
 With CPU torch its ``_C.so`` cannot load (it links ``libcudart``, ``libtorch_cuda``); torchvision
 tolerates that, but then ``torchvision/_meta_registrations.py`` registers fake kernels for
 ``torchvision::nms`` and ``torchvision::qnms`` unconditionally, and that raises "operator
