@@ -148,9 +148,9 @@ def run(cfg: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
 
     journal = Journal(cfg, run_id, plan)
     engine = make_engine(cfg, starts_dir=journal.engine_dir)
-    _init_ray(cfg)
-    engine.check_cluster()  # no GPU for the model: fail now, before anything is written
-    with table.lock():
+    with table.lock():  # before Ray starts: a table in use is answered at once
+        _init_ray(cfg)
+        engine.check_cluster()  # no GPU for the model: fail now, before anything is written
         plan = make_plan(cfg, table)  # again under the lock: another run may have moved it
         journal.plan = plan
         reporter.start(plan)
@@ -176,6 +176,9 @@ def run(cfg: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
         try:
             result = _execute(cfg, table, plan, engine, reader, first, chunks, run_id, counts,
                               reporter, journal, started)
+        except KeyboardInterrupt:
+            journal.write("interrupted", counts)
+            raise
         except BaseException as exc:
             journal.write(f"failed: {type(exc).__name__}: {exc}", counts)
             raise

@@ -255,8 +255,12 @@ class CaptionsTable:
             yield
             return
         path = _local_path(self.uri)
-        os.makedirs(path, exist_ok=True)
-        fd = os.open(os.path.join(path, "_enrich.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        created = not os.path.isdir(path)
+        try:
+            os.makedirs(path, exist_ok=True)
+            fd = os.open(os.path.join(path, "_enrich.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise TableError(f"--table {self.uri!r} cannot be written: {exc.strerror}") from None
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -268,6 +272,11 @@ class CaptionsTable:
             os.pwrite(fd, json.dumps({"pid": os.getpid(), "since": time.time()}).encode(), 0)
             yield
         finally:
+            # A folder made only to hold the lock (the run stopped before creating the table)
+            # is removed again: a failed start leaves nothing behind.
+            if created and os.listdir(path) == ["_enrich.lock"]:
+                os.unlink(os.path.join(path, "_enrich.lock"))
+                os.rmdir(path)
             os.close(fd)
 
 

@@ -85,3 +85,38 @@ def test_a_pipe_closed_by_its_reader_ends_quietly(ray_address: str, shards: Path
                           executable="/bin/bash")
     assert proc.stdout == "big\n------"
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+
+
+# A Ray address where nothing listens: a run that tried to reach Ray would fail on it (or wait),
+# so these answers prove they come before Ray is started or joined.
+NO_RAY = "127.0.0.1:1"
+
+
+def test_a_table_in_use_is_refused_before_ray(shards: Path, tmp_path: Path) -> None:
+    from enrich.sink import CaptionsTable
+
+    table = tmp_path / "t"
+    with CaptionsTable(str(table)).lock():  # another enrich process holds the table
+        res = cli("--until", "5", "--source", str(shards), "--engine", "dry-run", "--table", str(table),
+                  "--checkpoint-dir", str(tmp_path / "ck"), "--ray-address", NO_RAY, timeout=120)
+    assert res.returncode == 3, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "in use by another enrich process" in lines[0] and "pid" in lines[0]
+    assert not table.exists()  # the folder made only for the lock is gone again
+
+
+def test_an_unwritable_table_folder_is_one_line_before_ray(shards: Path, tmp_path: Path) -> None:
+    parent = tmp_path / "frozen"
+    parent.mkdir()
+    # chattr +i: not even root may create entries in it (CI runs as root)
+    frozen = subprocess.run(["chattr", "+i", str(parent)], capture_output=True, text=True)
+    assert frozen.returncode == 0, frozen.stderr
+    try:
+        res = cli("--until", "5", "--source", str(shards), "--engine", "dry-run",
+                  "--table", str(parent / "t"), "--checkpoint-dir", str(tmp_path / "ck"),
+                  "--ray-address", NO_RAY, timeout=120)
+    finally:
+        subprocess.run(["chattr", "-i", str(parent)], check=True)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot be written" in lines[0] and str(parent / "t") in lines[0]
