@@ -37,10 +37,11 @@ DEFAULT_PROMPT = (
 )
 DRY_RUN_MODEL = "dry-run"
 
-# vLLM engines per GPU when --replicas-per-gpu is not given. Measured on one H100 80GB with
-# Qwen2.5-VL-3B (PERFORMANCE.md, benchmarks/results-gpu.json): one engine kept the GPU 37% busy
-# (88 captions/s), two 95% (234/s), three 99% (308/s): one engine's scheduler loop, not the GPU,
-# was the bound. Three engines need ~3 x 16 GB; 80 GB cards only. An L4 (24 GB) holds one.
+# vLLM engines per GPU when --replicas-per-gpu is not given. Measured on one H200 with
+# Qwen2.5-VL-3B (random weights, 100-token captions, distinct images; PERFORMANCE.md): one
+# engine's per-request input processing keeps it near 106 captions/s with the GPU under half busy;
+# three engines per GPU sustained 182/s. Three engines need ~3 x 16 GB: 80 GB+ cards only. An L4
+# (24 GB) holds one.
 REPLICAS_PER_GPU: dict[str, int] = {"H100": 3, "H200": 3, "A100-80G": 3}
 
 # Rows per engine batch when --batch-size is not given. A vLLM replica on a GPU generates one
