@@ -82,6 +82,9 @@ def build_run_parser() -> argparse.ArgumentParser:
                    help="commit to the table every ROWS rows (default 2000)")
     r.add_argument("--commit-seconds", type=nonneg_float, metavar="S",
                    help="...or every S seconds, whichever comes first (default 60)")
+    r.add_argument("--lock-ttl", type=nonneg_float, metavar="SECONDS",
+                   help="object-store tables: the run lease's time to live; a run that died is "
+                   "taken over this long after its last renewal (default 120)")
     r.add_argument("--checkpoint-dir", metavar="DIR",
                    help="where run journals go (default ./checkpoints)")
     r.add_argument("--ray-address", metavar="ADDR",

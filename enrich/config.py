@@ -120,6 +120,9 @@ class RunConfig:
     dry_run_fail_on: str = ""
     commit_every: int = 2000
     commit_seconds: float = 60.0
+    # Object-store tables: the run lease's time to live (renewed every third of it); a run whose
+    # holder died is taken over this long after its last renewal.
+    lock_ttl: float = 120.0
     checkpoint_dir: str = "./checkpoints"
     ray_address: str | None = None
     num_cpus: int | None = None
@@ -145,6 +148,8 @@ class RunConfig:
             raise UsageError("--dry-run-ms-per-image must be >= 0")
         if self.commit_seconds <= 0:
             raise UsageError("--commit-seconds must be > 0")
+        if self.lock_ttl < 10:
+            raise UsageError(f"--lock-ttl must be >= 10 (seconds), got {self.lock_ttl:g}")
         if not 0.0 <= self.temperature <= 2.0:
             raise UsageError(f"--temperature must be between 0 and 2, got {self.temperature}")
         if not self.source.strip():

@@ -24,6 +24,7 @@ from enrich.args import Parser, nonneg_float, pos_int
 from enrich.config import storage_options_from_env
 from enrich.errors import RunLockedError, TableError, UsageError
 from enrich.journal import read_journals
+from enrich.lease import DEFAULT_TTL_S
 from enrich.schemas import STATUSES
 from enrich.sink import META_PREFIX, CaptionsTable
 
@@ -177,7 +178,8 @@ def compact(argv: Sequence[str]) -> int:
     deadline = time.monotonic() + args.wait
     while True:
         try:
-            with table.lock():
+            with table.lock(ttl_s=float(os.environ.get("ENRICH_LOCK_TTL") or DEFAULT_TTL_S),
+                            run_id="compact"):
                 dt = table._delta()
                 before = len(dt.file_uris())
                 metrics = dt.optimize.compact()

@@ -148,7 +148,8 @@ def run(cfg: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
 
     journal = Journal(cfg, run_id, plan)
     engine = make_engine(cfg, starts_dir=journal.engine_dir)
-    with table.lock():  # before Ray starts: a table in use is answered at once
+    # before Ray starts: a table in use is answered at once
+    with table.lock(ttl_s=cfg.lock_ttl, run_id=run_id):
         _init_ray(cfg)
         engine.check_cluster()  # no GPU for the model: fail now, before anything is written
         plan = make_plan(cfg, table)  # again under the lock: another run may have moved it

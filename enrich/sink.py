@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from enrich.errors import CommitError, RunLockedError, TableError, one_line
+from enrich.lease import DEFAULT_TTL_S
 from enrich.schemas import CAPTIONS
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ class CaptionsTable:
     def __init__(self, uri: str, *, storage_options: dict[str, str] | None = None) -> None:
         self.uri = uri
         self.storage_options = storage_options or {}
+        self._lease: Any = None  # the run lease while lock() holds one (object stores)
         self._check()
 
     # -- opening -----------------------------------------------------------------------------
@@ -190,6 +192,8 @@ class CaptionsTable:
         record ``progress`` in the same commit. Returns False if it had already landed."""
         from deltalake import CommitProperties, Transaction, write_deltalake
 
+        if self._lease is not None:
+            self._lease.check()  # a run that lost its lease commits nothing more
         rows = rows.select(CAPTIONS.names).cast(CAPTIONS)
 
         def landed() -> bool:
@@ -246,13 +250,20 @@ class CaptionsTable:
         retry(write, what=f"replacing {rows.num_rows} retried rows")
 
     @contextmanager
-    def lock(self, *, wait: bool = False) -> Iterator[None]:
-        """Hold the table's run lock (local tables): one enrich run or compaction at a time.
-        The OS drops it when the process dies, SIGKILL included."""
+    def lock(self, *, wait: bool = False, ttl_s: float = DEFAULT_TTL_S, run_id: str = "") -> Iterator[None]:
+        """Hold the table's run lock: one enrich run or compaction at a time. Local tables: an
+        ``flock`` that the OS drops when the process dies, SIGKILL included. Object stores: a
+        lease object beside the table, renewed while held, taken over once ``ttl_s`` has passed
+        without renewal (enrich/lease.py)."""
         if not _is_local(self.uri):
-            # Object stores have no lock here; the app-transaction check in append() still makes a
-            # second writer fail before it can duplicate a row.
-            yield
+            from enrich.lease import ObjectStoreLease
+
+            with ObjectStoreLease(self.uri, ttl_s=ttl_s, run_id=run_id).hold(wait=wait) as lease:
+                self._lease = lease
+                try:
+                    yield
+                finally:
+                    self._lease = None
             return
         path = _local_path(self.uri)
         created = not os.path.isdir(path)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import _free_port
+from tests.conftest import _free_port, cli
 
 moto_server = pytest.importorskip("moto.server")
 boto3 = pytest.importorskip("boto3")
@@ -106,3 +106,90 @@ def test_unsafe_rename_is_warned_about_once(monkeypatch: pytest.MonkeyPatch,
     caplog.clear()
     assert "AWS_S3_ALLOW_UNSAFE_RENAME" not in storage_options_from_env()
     assert not caplog.records
+
+
+# -- the run lease on an object store ------------------------------------------------------------
+def _lease_env(monkeypatch: pytest.MonkeyPatch, s3_env: dict[str, str]) -> None:
+    for k, v in s3_env.items():
+        monkeypatch.setenv(k, v)
+
+
+def test_a_live_lease_refuses_a_second_run_and_compact_before_ray(
+        s3_env: dict[str, str], shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from enrich.lease import ObjectStoreLease
+
+    _lease_env(monkeypatch, s3_env)
+    uri = "s3://captions-bucket/leased"
+    first = cli("--until", "20", "--source", str(shards), "--engine", "dry-run", "--table", uri,
+                "--checkpoint-dir", str(tmp_path / "ck"), "--num-cpus", "2", "--quiet", timeout=300)
+    assert first.returncode == 0, first.stderr
+    with ObjectStoreLease(uri, run_id="the-first-run").hold():
+        second = cli("--until", "40", "--source", str(shards), "--engine", "dry-run", "--table", uri,
+                     "--checkpoint-dir", str(tmp_path / "ck"), "--ray-address", "127.0.0.1:1", timeout=120)
+        compact = cli("compact", "--table", uri, timeout=120)
+    for res in (second, compact):
+        assert res.returncode == 3, res.stderr
+        line = res.stderr.strip().splitlines()[-1]
+        assert "in use by another enrich process" in line and "run the-first-run" in line
+        assert "expires in" in line and "pid" in line
+    assert len(_s3_outcome(uri, s3_env)) == 20  # nothing written by the refused ones
+    assert cli("compact", "--table", uri, timeout=120).returncode == 0  # released: free again
+
+
+def test_an_expired_lease_is_taken_over_by_one_waiter_only(
+        s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import obstore
+
+    import enrich
+    from enrich.lease import LEASE_KEY, Holder, ObjectStoreLease
+
+    _lease_env(monkeypatch, s3_env)
+    uri = "s3://captions-bucket/expired"
+    dead = Holder("gone-host", 4242, "killed-run", time.time() - 300, time.time() - 5)
+    obstore.put(ObjectStoreLease(uri).store, f"{LEASE_KEY}", dead.to_bytes())
+    waiters = [ObjectStoreLease(uri, run_id=f"waiter-{i}") for i in range(2)]
+    outcomes: list[str] = []
+    barrier = threading.Barrier(2)
+
+    def take(lease: ObjectStoreLease) -> None:
+        barrier.wait()
+        try:
+            lease.acquire()
+            outcomes.append("won")
+        except enrich.RunLockedError as exc:
+            outcomes.append(f"refused: {exc}")
+
+    threads = [threading.Thread(target=take, args=(w,)) for w in waiters]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(o.split(":")[0] for o in outcomes) == ["refused", "won"], outcomes
+    assert "run waiter-" in next(o for o in outcomes if o.startswith("refused"))
+    winners = [w for w in waiters if w._etag]
+    assert len(winners) == 1 and winners[0].renew()  # the winner's renewals go on
+
+
+def test_a_run_that_lost_its_lease_commits_nothing_more(
+        s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import obstore
+
+    import enrich
+    from enrich.lease import LEASE_KEY, Holder, ObjectStoreLease
+
+    _lease_env(monkeypatch, s3_env)
+    uri = "s3://captions-bucket/stalled"
+    holder = ObjectStoreLease(uri, run_id="stalled-run")
+    holder.acquire()
+    holder.check()  # holds it: commits allowed
+    # the holder stalled past its ttl and another run took the lease over
+    etag = obstore.get(holder.store, LEASE_KEY).meta["e_tag"]
+    newcomer = Holder("other-host", 1, "newcomer", time.time(), time.time() + 120)
+    obstore.put(holder.store, LEASE_KEY, newcomer.to_bytes(), mode={"e_tag": etag})
+    assert holder.renew() is False
+    with pytest.raises(enrich.RunLockedError, match="taken over.*run newcomer"):
+        holder.check()
+    holder.release()  # not ours any more: left in place
+    assert Holder.from_bytes(bytes(obstore.get(holder.store, LEASE_KEY).bytes())) == newcomer
