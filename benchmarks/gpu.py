@@ -171,6 +171,17 @@ def run_config(model: str, dummy: bool, share: int, accelerator: str, gpus: int 
                      engine_kwargs={"load_format": "dummy"} if dummy else {})
 
 
+def _logged(name: str, cmd: list[str], d: Path) -> tuple[Sampler, float, float]:
+    """Run ``cmd`` with its output in ``d/log``, sampling the machine; raise if it fails."""
+    with Sampler() as s:
+        t0 = time.time()
+        proc = subprocess.run(cmd, stdout=open(d / "log", "w"), stderr=subprocess.STDOUT)
+        t1 = time.time()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name}: exit {proc.returncode}: {(d / 'log').read_text()[-3000:]}")
+    return s, t0, t1
+
+
 # ------------------------------------------------------------------------------------------
 # vLLM's own benchmark.
 # ------------------------------------------------------------------------------------------
@@ -184,12 +195,7 @@ def run_vllm_bench(model: str, n: int, work: Path) -> dict[str, Any]:
            "--random-output-len", str(TOKENS), "--num-prompts", str(n), "--load-format", "dummy",
            "--max-num-seqs", "256", "--limit-mm-per-prompt", '{"image":1}',
            "--output-json", str(d / "out.json")]
-    with Sampler() as s:
-        t0 = time.time()
-        proc = subprocess.run(cmd, stdout=open(d / "log", "w"), stderr=subprocess.STDOUT)
-        t1 = time.time()
-    if proc.returncode != 0:
-        raise RuntimeError(f"vllm bench: exit {proc.returncode}: {(d / 'log').read_text()[-3000:]}")
+    s, t0, t1 = _logged("vllm bench", cmd, d)
     r = json.loads((d / "out.json").read_text())
     gen_s = float(r["elapsed_time"])
     # its generating window is the last elapsed_time seconds before it wrote its result
@@ -369,12 +375,7 @@ def run_tutorial(model: str, dummy: bool, shards: Path, n: int, work: Path, acce
     d.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(ROOT / "benchmarks" / "tutorial_gpu.py"), str(shards), str(n), model,
            accelerator, "dummy" if dummy else "auto", str(d / "result.json")]
-    with Sampler() as s:
-        t0 = time.time()
-        proc = subprocess.run(cmd, stdout=open(d / "log", "w"), stderr=subprocess.STDOUT)
-        t1 = time.time()
-    if proc.returncode != 0:
-        raise RuntimeError(f"tutorial: exit {proc.returncode}: {(d / 'log').read_text()[-3000:]}")
+    s, t0, t1 = _logged("tutorial", cmd, d)
     r = json.loads((d / "result.json").read_text())
     g0, g1 = r["first_row_t"], r["last_row_t"]
     return {"kind": "tutorial", "gpus": 1, "engines_per_gpu": 1, "rows": r["rows"],

@@ -30,6 +30,23 @@ OUTPUT_SCHEMA = pa.schema([
 ])
 
 
+def output_table(batch: pa.Table, status: list[str], errors: list[str | None],
+                 captions: list[str | None], tokens: list[int | None],
+                 truncated: list[bool | None]) -> pa.Table:
+    """An engine's output rows for ``batch``: its identity and image size columns, and the
+    per-row outcome lists given."""
+    return pa.table({
+        "source_index": batch.column("source_index"),
+        "status": pa.array(status, pa.string()),
+        "error": pa.array(errors, pa.string()),
+        "caption": pa.array(captions, pa.string()),
+        "num_generated_tokens": pa.array(tokens, pa.int32()),
+        "caption_truncated": pa.array(truncated, pa.bool_()),
+        "image_width": batch.column("image_width"),
+        "image_height": batch.column("image_height"),
+    }, schema=OUTPUT_SCHEMA)
+
+
 class Engine(Protocol):
     name: str
 

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from enrich.engines.base import OUTPUT_SCHEMA
+from enrich.engines.base import output_table
 
 if TYPE_CHECKING:
     import ray.data
@@ -96,16 +96,7 @@ class DryRunCaptioner:
             captions[i], tokens[i] = caption_jpeg(image, self.size)
             truncated[i] = False
             status[i] = "captioned"
-        return pa.table({
-            "source_index": batch.column("source_index"),
-            "status": pa.array(status, pa.string()),
-            "error": pa.array(errors, pa.string()),
-            "caption": pa.array(captions, pa.string()),
-            "num_generated_tokens": pa.array(tokens, pa.int32()),
-            "caption_truncated": pa.array(truncated, pa.bool_()),
-            "image_width": batch.column("image_width"),
-            "image_height": batch.column("image_height"),
-        }, schema=OUTPUT_SCHEMA)
+        return output_table(batch, status, errors, captions, tokens, truncated)
 
 
 class DryRunEngine:

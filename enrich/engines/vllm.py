@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from enrich.engines.base import OUTPUT_SCHEMA
+from enrich.engines.base import output_table
 from enrich.errors import NoAcceleratorError, UsageError
 
 if TYPE_CHECKING:
@@ -198,7 +198,7 @@ def caption_from_output(output: Any) -> Caption:
     return Caption(text=text, tokens=tokens, truncated=completion.finish_reason == "length")
 
 
-def output_table(batch: pa.Table, results: dict[int, Caption]) -> pa.Table:
+def caption_outputs(batch: pa.Table, results: dict[int, Caption]) -> pa.Table:
     """The engine output rows of ``batch``: rows at the positions in ``results`` get their
     caption (or failure); every other row passes through with its own status."""
     status = batch.column("status").to_pylist()
@@ -213,16 +213,7 @@ def output_table(batch: pa.Table, results: dict[int, Caption]) -> pa.Table:
         else:
             status[i], errors[i] = "captioned", None
             captions[i], tokens[i], truncated[i] = c.text, c.tokens, c.truncated
-    return pa.table({
-        "source_index": batch.column("source_index"),
-        "status": pa.array(status, pa.string()),
-        "error": pa.array(errors, pa.string()),
-        "caption": pa.array(captions, pa.string()),
-        "num_generated_tokens": pa.array(tokens, pa.int32()),
-        "caption_truncated": pa.array(truncated, pa.bool_()),
-        "image_width": batch.column("image_width"),
-        "image_height": batch.column("image_height"),
-    }, schema=OUTPUT_SCHEMA)
+    return output_table(batch, status, errors, captions, tokens, truncated)
 
 
 class EngineDead(RuntimeError):
@@ -398,7 +389,7 @@ class VLLMCaptioner:
 
             traceback.print_exc()
             os._exit(1)
-        return output_table(batch, results)
+        return caption_outputs(batch, results)
 
 
 class VLLMEngine:
