@@ -49,21 +49,25 @@ class Holder:
     expires: float
 
     def to_bytes(self) -> bytes:
-        return json.dumps(asdict(self)).encode()
+        d = asdict(self)
+        if d["expires"] == float("inf"):
+            d["expires"] = None  # a local flock: no expiry (JSON has no infinity)
+        return json.dumps(d).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Holder | None:
         try:
             d = json.loads(data)
-            return cls(str(d["host"]), int(d["pid"]), str(d["run_id"]), float(d["since"]),
-                       float(d["expires"]))
+            expires = float("inf") if d["expires"] is None else float(d["expires"])
+            return cls(str(d["host"]), int(d["pid"]), str(d["run_id"]), float(d["since"]), expires)
         except (ValueError, KeyError, TypeError):
             return None  # not ours, or half-written by hand: treated as expired
 
     def describe(self, now: float) -> str:
         since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.since))
         left = self.expires - now
-        when = f"expires in {left:.0f} s unless renewed" if left >= 0 else f"expired {-left:.0f} s ago"
+        when = ("held until that process ends" if left == float("inf") else
+                f"expires in {left:.0f} s unless renewed" if left >= 0 else f"expired {-left:.0f} s ago")
         return f"host {self.host}, pid {self.pid}, run {self.run_id}, since {since}, {when}"
 
 

@@ -11,11 +11,12 @@ writes and after any ambiguous failure: a retried commit never lands twice.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
-import json
 import logging
 import os
 import random
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from enrich.errors import CommitError, RunLockedError, TableError, one_line
-from enrich.lease import DEFAULT_TTL_S
+from enrich.lease import DEFAULT_TTL_S, Holder, refusal
 from enrich.schemas import CAPTIONS
 
 log = logging.getLogger(__name__)
@@ -276,11 +277,13 @@ class CaptionsTable:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             except BlockingIOError:
-                holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
-                raise RunLockedError(f"--table {self.uri!r} is in use by another enrich process "
-                                     f"({holder or 'unknown'}); try again when it ends") from None
+                holder = Holder.from_bytes(os.pread(fd, 1000, 0))
+                # the OS holds this lock until the holder's process ends: no expiry to report
+                raise refusal(self.uri, holder and dataclasses.replace(holder, expires=float("inf")),
+                              time.time()) from None
             os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps({"pid": os.getpid(), "since": time.time()}).encode(), 0)
+            os.pwrite(fd, Holder(socket.gethostname(), os.getpid(), run_id or f"pid-{os.getpid()}",
+                                 time.time(), float("inf")).to_bytes(), 0)
             yield
         finally:
             # A folder made only to hold the lock (the run stopped before creating the table)
