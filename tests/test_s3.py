@@ -58,7 +58,7 @@ def test_s3_table_run_kill_resume(s3_env: dict[str, str], shards: Path, tmp_path
                            capture_output=True, text=True, timeout=300)
     assert clean.returncode == 0, clean.stderr
     args = ["--until", "120", "--table", "s3://captions-bucket/killed", "--commit-every", "10",
-            "--dry-run-ms-per-image", "25", *common]
+            "--dry-run-ms-per-image", "25", "--lock-ttl", "30", *common]
     s3 = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"], region_name="us-east-1",
                       aws_access_key_id="test-key-id", aws_secret_access_key="test-secret")
 
@@ -75,8 +75,15 @@ def test_s3_table_run_kill_resume(s3_env: dict[str, str], shards: Path, tmp_path
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -9
+    killed_at = time.time()  # its lease was renewed at most 10 s before: it expires 20-30 s from now
     partial = _s3_outcome("s3://captions-bucket/killed", s3_env)
     assert 0 < len(partial) < 120 and sorted(partial) == list(range(len(partial)))
+    # The killed run's lease is still live: a rerun at once is refused, naming it...
+    early = subprocess.run([sys.executable, "-m", "enrich", *args], capture_output=True,
+                           text=True, timeout=120)
+    assert early.returncode == 3 and "expires in" in early.stderr, early.stderr
+    # ...and once its time to live (30 s) has passed without renewal, the rerun takes it over.
+    time.sleep(max(0.0, killed_at + 31 - time.time()))
     resumed = subprocess.run([sys.executable, "-m", "enrich", *args], capture_output=True,
                              text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
@@ -87,6 +94,10 @@ def test_s3_table_run_kill_resume(s3_env: dict[str, str], shards: Path, tmp_path
     b = _s3_outcome("s3://captions-bucket/killed", s3_env)
     assert len(a) == 120 and a == b
     assert all(b[i] == a[i] for i in partial)  # what the killed run committed stands as it was
+    compacted = subprocess.run([sys.executable, "-m", "enrich", "compact", "--table",
+                                "s3://captions-bucket/killed"], capture_output=True, text=True, timeout=300)
+    assert compacted.returncode == 0, compacted.stderr
+    assert _s3_outcome("s3://captions-bucket/killed", s3_env) == a
     assert "test-secret" not in resumed.stderr + clean.stderr
 
 
