@@ -227,13 +227,15 @@ class _Batch:
         self.left = n
         self.results: dict[int, Caption] = {}
         self.done = threading.Event()
-        self.dead: BaseException | None = None
+        # finished from the caller's thread (a refused render) and the loop's (a caption)
+        self._lock = threading.Lock()
 
     def finish(self, pos: int, caption: Caption) -> None:
-        self.results[pos] = caption
-        self.left -= 1
-        if self.left == 0:
-            self.done.set()
+        with self._lock:
+            self.results[pos] = caption
+            self.left -= 1
+            if self.left == 0:
+                self.done.set()
 
 
 class EngineLoop:
@@ -328,9 +330,7 @@ class EngineLoop:
                         self.slots.release()
                         batch.finish(pos, caption_from_output(out))
         except BaseException as exc:  # noqa: BLE001 - every caller learns that the engine is gone
-            self.dead = exc
-            for batch, _ in self.waiting.values():
-                batch.dead = exc
+            self.dead = exc  # callers see it within a second and end the replica
             self.slots.release(1_000_000)
 
 
