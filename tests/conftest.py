@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,9 +17,15 @@ from enrich.sample import DatasetSpec, make_webdataset
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-# The test cluster listens on loopback only; Ray 2.60's token auth would make every client
-# (this process and each CLI subprocess) find the token first. Off for this private cluster.
+# The test cluster runs without Ray's token auth, so that every client (this process and each
+# CLI subprocess) connects without a token. (Ray 2.60 binds its servers to every interface
+# whatever the node address: enrich's own local Ray keeps token auth on, tests/test_local_ray.py.)
 os.environ["RAY_AUTH_MODE"] = "disabled"
+# Caches the code writes by default under the user's home (the `sample` dataset, the hub and
+# `datasets` caches, vLLM's compile cache) go to one temporary folder for the whole session.
+_CACHE = tempfile.mkdtemp(prefix="enrich-tests-cache-")
+for _name, _sub in (("XDG_CACHE_HOME", "xdg"), ("HF_HOME", "hf"), ("VLLM_CACHE_ROOT", "vllm")):
+    os.environ[_name] = os.path.join(_CACHE, _sub)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
