@@ -61,11 +61,11 @@ class RunResult:
 # --------------------------------------------------------------------------------------------
 # The run.
 # --------------------------------------------------------------------------------------------
-def chunks_in_flight(cfg: RunConfig, cpus: float) -> int:
+def chunks_in_flight(cfg: RunConfig, cpus: float, engine_batches: int) -> int:
     """How many chunks may be between the reader and the committer: enough to keep every engine
-    replica's queue full (4 batches in flight per replica) plus a prepare task on every CPU
-    (twice over: one being prepared, one waiting for the engine)."""
-    engine_rows = cfg.replicas * cfg.engine_batch_size * 4
+    replica's queue full (``engine_batches`` batches in flight per replica) plus a prepare task
+    on every CPU (twice over: one being prepared, one waiting for the engine)."""
+    engine_rows = cfg.replicas * cfg.engine_batch_size * engine_batches
     prepare_rows = max(MIN_ROWS_IN_FLIGHT, 2 * math.ceil(cpus) * CHUNK_ROWS)
     return math.ceil((prepare_rows + engine_rows) / CHUNK_ROWS)
 
@@ -84,7 +84,6 @@ def _init_ray(cfg: RunConfig) -> None:
         ray.init(address=cfg.ray_address, **kwargs)
     else:
         _check_local_auth()
-        _restrict_token_file()
         ray.init(num_cpus=cfg.num_cpus or max(2, os.cpu_count() or 2), **kwargs)
         _restrict_token_file()
 
@@ -209,7 +208,7 @@ def _execute(cfg: RunConfig, table: CaptionsTable, plan: Plan, engine: Engine, r
     # The feeder lives on the driver's node: losing another node must not lose its chunks.
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     feeder = make_feeder_class().options(name=feeder_name, scheduling_strategy=here).remote(
-        chunks_in_flight(cfg, reader.parallel))
+        chunks_in_flight(cfg, reader.parallel, engine.batches_in_flight))
     committer = Committer(cfg, table, plan, reader, run_id, counts)
     retry_indices = set(reader.retry_rows.column("source_index").to_pylist())
     held_lock = threading.Lock()

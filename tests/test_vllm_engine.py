@@ -168,8 +168,7 @@ def _seed_of(image: Image.Image) -> int:
 
 def _replica(llm: _FakeLLM, lookahead: int = 64) -> VLLMCaptioner:
     replica = VLLMCaptioner.__new__(VLLMCaptioner)
-    replica.prompt = "P"
-    replica.loop = EngineLoop(llm, None, threads=3, lookahead=lookahead)
+    replica.loop = EngineLoop(llm, None, prompt="P", threads=3, lookahead=lookahead)
     return replica
 
 
@@ -202,6 +201,15 @@ def test_replica_captions_pending_rows_and_fails_refused_ones_alone() -> None:
         assert (r["status"], r["caption"], r["num_generated_tokens"], r["caption_truncated"],
                 r["error"]) == ("captioned", f"caption {s}", 4, False, None)
     assert llm.llm_engine.added == 6
+
+
+def test_an_unreadable_prepared_image_fails_its_row_alone() -> None:
+    rows = _pending_rows(range(2))
+    rows.append({"source_index": 7, "status": "pending", "image_jpeg": b"not a jpeg", "error": None,
+                 "image_width": 10, "image_height": 10})
+    out = {r["source_index"]: r for r in _replica(_FakeLLM())(_batch(rows)).to_pylist()}
+    assert out[7]["status"] == "failed" and out[7]["error"].startswith("prepared image unreadable:")
+    assert [out[i]["caption"] for i in (100, 101)] == ["caption 0", "caption 1"]
 
 
 def test_batches_share_the_engine_within_the_lookahead() -> None:

@@ -49,6 +49,9 @@ def output_table(batch: pa.Table, status: list[str], errors: list[str | None],
 
 class Engine(Protocol):
     name: str
+    # Batches each replica holds at once (running and queued): the pipeline keeps that many per
+    # replica in flight, and no more.
+    batches_in_flight: int
 
     def describe(self) -> dict[str, Any]:
         """The engine's resolved settings, JSON-able, for ``--plan`` and the run journal."""

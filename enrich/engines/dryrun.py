@@ -101,6 +101,7 @@ class DryRunCaptioner:
 
 class DryRunEngine:
     name = "dry-run"
+    batches_in_flight = 2  # Ray Data's own default for a one-call-at-a-time actor
 
     def __init__(self, cfg: RunConfig, *, starts_dir: str | None = None) -> None:
         self.cfg = cfg
@@ -139,6 +140,7 @@ class DryRunEngine:
             batch_format="pyarrow",
             # A fixed pool. Ray Data restarts a replica that dies and retries its batch
             # (its actor pools default to max_restarts=-1, max_task_retries=-1).
-            compute=ray.data.ActorPoolStrategy(size=self.cfg.concurrency),
+            compute=ray.data.ActorPoolStrategy(size=self.cfg.concurrency,
+                                               max_tasks_in_flight_per_actor=self.batches_in_flight),
             num_cpus=REPLICA_CPUS,
         )

@@ -1,9 +1,10 @@
 """The ``vllm`` engine: Qwen2.5-VL on vLLM, one Ray Data actor per engine replica.
 
 Each replica is an actor of a fixed Ray Data actor pool that holds one offline ``vllm.LLM``
-and captions a batch of rows with one ``LLM.generate`` call: the prompt is the chat template
-rendered once per replica (it is the same for every row), the image goes in as a decoded PIL
-image. This is the path vLLM's own offline benchmark measures.
+and the :class:`EngineLoop` that feeds it: the prompt is the chat template rendered once per
+replica (it is the same for every row); render threads decode each row's prepared JPEG and run
+vLLM's input processing on it; one thread adds the requests to the engine and collects the
+finished captions, for the two batches a replica works on at once.
 
 Why not Ray Data LLM's processor (``ray.data.llm.build_processor``), which this engine used up
 to 0.1.0: on one H200 (PERFORMANCE.md) each of its engines delivered about half of a bare
@@ -14,8 +15,9 @@ data URL, chat template, tokenizer, detokenizer) that each import vLLM. The repl
 the minimum per row: decode a 225² JPEG, hand it to vLLM with the fixed prompt, take the text
 when the request finishes.
 
-Pure parts (no Ray, no vllm): :func:`engine_kwargs`, :class:`CpuPlan`, :func:`render_rows`.
-The Ray adapter is :class:`VLLMEngine`; the replica is :class:`VLLMCaptioner`.
+Pure parts (no Ray, no vllm): :func:`engine_kwargs`, :class:`CpuPlan`, :func:`render_prompt`,
+:func:`caption_from_output`, :func:`caption_outputs`. The Ray adapter is :class:`VLLMEngine`;
+the replica is :class:`VLLMCaptioner`.
 """
 
 from __future__ import annotations
@@ -87,9 +89,10 @@ class CpuPlan:
 
     Ray admits an actor or task only when its ``num_cpus`` are free, and actors keep theirs for
     the whole run: a run whose actors take every CPU waits forever for its prepare tasks. Each
-    engine replica keeps one CPU (its Python loop feeds the GPU: the HF image processor, the
-    scheduler's inputs and outputs run there; on the CPU backend it is the model's core); a
-    prepare task may take what is left, up to one CPU, so that one can always run."""
+    engine replica keeps the CPUs it wants (on a GPU: its render threads, engine loop and vLLM's
+    engine-core process; on the CPU backend: the model's core) where the cluster has them to
+    spare, never fewer than one; a prepare task may take what is left, up to one CPU, so that
+    one can always run."""
 
     total: float
     replicas: int
@@ -115,15 +118,19 @@ class CpuPlan:
         return self.replicas * self.replica
 
 
+def model_side(size: int) -> int:
+    """The side Qwen2.5-VL resizes a size x size image to (a multiple of 28)."""
+    return max(QWEN_FACTOR, round(size / QWEN_FACTOR) * QWEN_FACTOR)
+
+
 def image_tokens(size: int) -> int:
     """Image tokens Qwen2.5-VL spends on a size x size image (plus 2 marker tokens)."""
-    side = max(QWEN_FACTOR, round(size / QWEN_FACTOR) * QWEN_FACTOR)
-    return (side // QWEN_FACTOR) ** 2
+    return (model_side(size) // QWEN_FACTOR) ** 2
 
 
 def engine_kwargs(cfg: RunConfig) -> dict[str, Any]:
     """The exact keyword arguments of each replica's ``vllm.LLM`` (JSON-able, for --plan)."""
-    side = max(QWEN_FACTOR, round(cfg.image_size / QWEN_FACTOR) * QWEN_FACTOR)
+    side = model_side(cfg.image_size)
     kwargs: dict[str, Any] = {
         **ENGINE_DEFAULTS,
         "model": cfg.model,
@@ -220,6 +227,10 @@ class EngineDead(RuntimeError):
     """The replica's engine stopped (its core process died, CUDA failed): no row is to blame."""
 
 
+class _Unreadable(ValueError):
+    """A row's prepared JPEG did not decode (its row fails, worded as such)."""
+
+
 class _Batch:
     """One caller's rows on their way through the engine loop."""
 
@@ -247,12 +258,13 @@ class EngineLoop:
     per row outside the GPU and ran serially in ``LLM.generate``; here callers render in a
     thread pool (it releases the GIL for most of its work) while the loop thread alone talks to
     the engine (its sockets are not thread-safe). ``lookahead`` bounds the rendered requests
-    held per replica (each holds its image's pixel tensor)."""
+    held per replica (each holds its image's pixel tensor): a row's JPEG is decoded only when
+    its slot is free, in a render thread, not a whole batch at once ahead of the engine."""
 
-    def __init__(self, llm: Any, params: Any, *, threads: int, lookahead: int) -> None:
+    def __init__(self, llm: Any, params: Any, *, prompt: str, threads: int, lookahead: int) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        self.llm, self.params = llm, params
+        self.llm, self.params, self.prompt = llm, params, prompt
         self.engine = llm.llm_engine
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="enrich-render")
         self.slots = threading.Semaphore(lookahead)
@@ -262,23 +274,30 @@ class EngineLoop:
         self.dead: BaseException | None = None
         threading.Thread(target=self._run, name="enrich-engine", daemon=True).start()
 
-    def _render(self, prompt: dict[str, Any]) -> Any:
-        # The render step of LLM.generate (same call, same result), run outside its loop.
-        return self.llm._preprocess_cmpl_one(prompt, None)
+    def _render(self, jpeg: bytes) -> Any:
+        from PIL import Image
 
-    def caption(self, prompts: list[tuple[int, dict[str, Any]]]) -> dict[int, Caption]:
-        """Caption ``prompts`` (position, vLLM prompt); returns position → caption. Raises
+        try:
+            image = Image.open(io.BytesIO(jpeg)).convert("RGB")
+        except Exception as exc:  # noqa: BLE001 - prepare made this JPEG; never expected
+            raise _Unreadable(f"prepared image unreadable: {type(exc).__name__}: {exc}") from exc
+        # The render step of LLM.generate (same call, same result), run outside its loop.
+        return self.llm._preprocess_cmpl_one(
+            {"prompt": self.prompt, "multi_modal_data": {"image": image}}, None)
+
+    def caption(self, images: list[tuple[int, bytes]]) -> dict[int, Caption]:
+        """Caption ``images`` (position, prepared JPEG); returns position → caption. Raises
         :class:`EngineDead` when the engine stops."""
-        if not prompts:
+        if not images:
             return {}
-        batch = _Batch(len(prompts))
+        batch = _Batch(len(images))
         futures: list[tuple[int, Any]] = []
-        for pos, prompt in prompts:
+        for pos, jpeg in images:
             while not self.slots.acquire(timeout=0.05):
                 self._hand_over_done(batch, futures)
             if self.dead is not None:
                 raise EngineDead(str(self.dead))
-            futures.append((pos, self.pool.submit(self._render, prompt)))
+            futures.append((pos, self.pool.submit(self._render, jpeg)))
             self._hand_over_done(batch, futures)
         for pos, fut in futures:
             self._hand_over(batch, pos, fut)
@@ -295,6 +314,10 @@ class EngineLoop:
     def _hand_over(self, batch: _Batch, pos: int, fut: Any) -> None:
         try:
             rendered = fut.result()
+        except _Unreadable as exc:
+            self.slots.release()
+            batch.finish(pos, Caption(error=str(exc)))
+            return
         except Exception as exc:  # noqa: BLE001 - vLLM refused this row's input: the row fails
             self.slots.release()
             batch.finish(pos, Caption(error=f"engine error: {type(exc).__name__}: {exc}"))
@@ -342,7 +365,7 @@ def _fatal(exc: BaseException) -> bool:
 
 class VLLMCaptioner:
     """One engine replica (a Ray actor): a ``vllm.LLM``, the prompt every row shares, and the
-    loop that feeds it. Ray Data may run two batches on it at once (``max_concurrency``)."""
+    loop that feeds it. Ray Data runs two batches on it at once (``BATCHES_IN_FLIGHT``)."""
 
     def __init__(self, *, llm_kwargs: dict[str, Any], system_prompt: str, prompt: str,
                  params: dict[str, Any], render_threads: int, lookahead: int) -> None:
@@ -353,35 +376,24 @@ class VLLMCaptioner:
         # Parallelism comes from the render threads; one intra-op thread each for the image
         # processor's small tensors.
         torch.set_num_threads(1)
-        started = time.monotonic()
         llm = LLM(**llm_kwargs)
-        self.prompt = render_prompt(llm.get_tokenizer(), system_prompt, prompt)
         sampling = SamplingParams(**params)
         sampling.output_kind = RequestOutputKind.FINAL_ONLY  # as LLM.generate asks: no streaming
-        self.loop = EngineLoop(llm, sampling, threads=render_threads, lookahead=lookahead)
-        self.start_s = time.monotonic() - started
+        self.loop = EngineLoop(llm, sampling, prompt=render_prompt(llm.get_tokenizer(), system_prompt, prompt),
+                               threads=render_threads, lookahead=lookahead)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from PIL import Image
-
         status = batch.column("status").to_pylist()
-        images = batch.column("image_jpeg").to_pylist()
-        prompts: list[tuple[int, dict[str, Any]]] = []
-        results: dict[int, Caption] = {}
+        jpegs = batch.column("image_jpeg").to_pylist()
+        pending: list[tuple[int, bytes]] = []
         for i, s in enumerate(status):
             if s != "pending":
                 continue
-            data = images[i]
-            if data is None:  # a pending row always carries its prepared image
+            if jpegs[i] is None:  # a pending row always carries its prepared image
                 raise ValueError(f"row {batch.column('source_index')[i]} is pending without an image")
-            try:
-                image = Image.open(io.BytesIO(data)).convert("RGB")
-            except Exception as exc:  # noqa: BLE001 - prepare made this JPEG; never expected
-                results[i] = Caption(error=f"prepared image unreadable: {type(exc).__name__}: {exc}")
-                continue
-            prompts.append((i, {"prompt": self.prompt, "multi_modal_data": {"image": image}}))
+            pending.append((i, jpegs[i]))
         try:
-            results.update(self.loop.caption(prompts))
+            results = self.loop.caption(pending)
         except EngineDead:
             # Ray restarts the actor (a fresh engine) and retries its batches; nothing of them
             # was committed. Raising instead would fail the whole dataset.
@@ -394,6 +406,7 @@ class VLLMCaptioner:
 
 class VLLMEngine:
     name = "vllm"
+    batches_in_flight = BATCHES_IN_FLIGHT
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
@@ -479,7 +492,6 @@ class VLLMEngine:
         if not on_cpu:
             remote["num_gpus"] = self.gpus_per_replica
             remote["accelerator_type"] = cfg.accelerator_type
-        env = {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
         llm_kwargs = engine_kwargs(cfg)
         return ds.map_batches(
             VLLMCaptioner,
@@ -497,7 +509,6 @@ class VLLMEngine:
                                                max_tasks_in_flight_per_actor=BATCHES_IN_FLIGHT,
                                                max_concurrent_calls_per_actor=BATCHES_IN_FLIGHT,
                                                enable_true_multi_threading=True),
-            runtime_env={"env_vars": env},
             **remote,
         )
 
