@@ -5,8 +5,7 @@ The Python API is :func:`run` and :func:`status` (see :mod:`enrich.api`); errors
 of :mod:`enrich.errors`, importable from here.
 """
 
-from typing import Any
-
+from enrich.api import run, status
 from enrich.errors import (
     CommitError,
     EnrichError,
@@ -19,21 +18,6 @@ from enrich.errors import (
 )
 
 __version__ = "0.1.0"
-
-
-def run(**kwargs: Any) -> Any:
-    """Caption rows into a table: see :func:`enrich.api.run`."""
-    from enrich.api import run as _run
-
-    return _run(**kwargs)
-
-
-def status(table: str, checkpoint_dir: str = "./checkpoints") -> dict[str, Any]:
-    """Where a table stands: see :func:`enrich.api.status`."""
-    from enrich.api import status as _status
-
-    return _status(table, checkpoint_dir)
-
 
 __all__ = ["CommitError", "EnrichError", "NoAcceleratorError", "RunLockedError", "SourceError",
            "SourceUnavailableError", "TableError", "UsageError", "run", "status"]

@@ -17,8 +17,6 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
-from enrich.errors import UsageError
-
 if TYPE_CHECKING:
     from enrich.pipeline import RunResult
 
@@ -27,11 +25,8 @@ def run(*, until: int, source: str | None = None, table: str | None = None,
         engine: str | None = None, config: str | None = None, progress: bool = False,
         **settings: Any) -> RunResult:
     """Caption the first ``until`` rows of ``source`` into ``table``; safe to call again."""
-    from enrich.config import _FIELDS, resolve
+    from enrich.config import resolve
 
-    unknown = sorted(set(settings) - set(_FIELDS))
-    if unknown:
-        raise UsageError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(_FIELDS))}")
     flags = {"until": until, "source": source, "table": table, "engine": engine, **settings}
     cfg = resolve({k: v for k, v in flags.items() if v is not None}, config_file=config)
 

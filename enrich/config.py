@@ -44,10 +44,10 @@ DRY_RUN_MODEL = "dry-run"
 # (24 GB) holds one.
 REPLICAS_PER_GPU: dict[str, int] = {"H100": 3, "H200": 3, "A100-80G": 3}
 
-# Rows per engine batch when --batch-size is not given. A vLLM replica on a GPU generates one
-# batch at a time (LLM.generate), so a batch must hold several times max_num_seqs (256) for the
-# engine to run full most of the time; the dry-run engine and vLLM's CPU backend take small
-# batches, so that a short run commits early and often.
+# Rows per engine batch when --batch-size is not given. A vLLM replica on a GPU keeps its engine
+# at max_num_seqs (256) sequences across two batches at once, so each batch holds several times
+# that; the dry-run engine and vLLM's CPU backend take small batches, so that a short run
+# commits early and often.
 GPU_BATCH_SIZE = 1024
 SMALL_BATCH_SIZE = 64
 
@@ -266,6 +266,9 @@ def resolve(
     cwd: Path | None = None,
 ) -> RunConfig:
     """Merge flags > environment > config file > defaults into a validated :class:`RunConfig`."""
+    unknown = sorted(set(flags) - set(_FIELDS))
+    if unknown:
+        raise UsageError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(_FIELDS))}")
     env = os.environ if env is None else env
     file_values, file_name = load_config_file(config_file, cwd=cwd)
     values: dict[str, Any] = {}

@@ -119,22 +119,21 @@ def status(argv: Sequence[str]) -> int:
     p.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     args = p.parse_args(argv)
     info = status_info(args.table, args.checkpoint_dir)
-    by = pa.Table.from_pylist(info["rows"]) if info["rows"] else pa.table(
-        {"none": pa.array([], pa.string())})
-    positions, runs = info["resume_positions"], info["recent_runs"]
     if args.format == "json":
         print(json.dumps(info, indent=2, default=str))
         return 0
     out = sys.stdout
     out.write(f"table {args.table}: version {info['version']}, {info['files']} data files\n\n")
-    _render(by, "table", out)
+    _render(_rows_table(info["rows"]), "table", out)
     out.write("\nresume positions\n")
-    _render(pa.Table.from_pylist(info["resume_positions"]) if positions else
-            pa.table({"none": pa.array([], pa.string())}), "table", out)
+    _render(_rows_table(info["resume_positions"]), "table", out)
     out.write("\nrecent runs\n")
-    _render(pa.Table.from_pylist(runs) if runs else pa.table({"none": pa.array([], pa.string())}),
-            "table", out)
+    _render(_rows_table(info["recent_runs"]), "table", out)
     return 0
+
+
+def _rows_table(rows: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(rows) if rows else pa.table({"none": pa.array([], pa.string())})
 
 
 def _ts(t: float | None) -> str | None:
@@ -171,6 +170,10 @@ def compact(argv: Sequence[str]) -> int:
     p.add_argument("--retention-hours", type=pos_int, default=168,
                    help="keep files removed less than this long ago (default 168 = 7 days; "
                    "lower values are refused by Delta's safeguard)")
+    p.add_argument("--lock-ttl", type=nonneg_float, metavar="SECONDS",
+                   default=os.environ.get("ENRICH_LOCK_TTL") or DEFAULT_TTL_S,
+                   help="object-store tables: the lease's time to live (default $ENRICH_LOCK_TTL "
+                   f"or {DEFAULT_TTL_S:g})")
     p.add_argument("--wait", type=nonneg_float, default=0.0, metavar="S",
                    help="wait up to S seconds for a running enricher to finish (default: refuse)")
     args = p.parse_args(argv)
@@ -178,8 +181,7 @@ def compact(argv: Sequence[str]) -> int:
     deadline = time.monotonic() + args.wait
     while True:
         try:
-            with table.lock(ttl_s=float(os.environ.get("ENRICH_LOCK_TTL") or DEFAULT_TTL_S),
-                            run_id="compact"):
+            with table.lock(ttl_s=args.lock_ttl, run_id="compact"):
                 dt = table._delta()
                 before = len(dt.file_uris())
                 metrics = dt.optimize.compact()

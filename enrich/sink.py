@@ -11,7 +11,6 @@ writes and after any ambiguous failure: a retried commit never lands twice.
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import logging
 import os
@@ -277,10 +276,8 @@ class CaptionsTable:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             except BlockingIOError:
-                holder = Holder.from_bytes(os.pread(fd, 1000, 0))
-                # the OS holds this lock until the holder's process ends: no expiry to report
-                raise refusal(self.uri, holder and dataclasses.replace(holder, expires=float("inf")),
-                              time.time()) from None
+                # the OS holds this lock until the holder's process ends: no expiry (inf)
+                raise refusal(self.uri, Holder.from_bytes(os.pread(fd, 1000, 0)), time.time()) from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, Holder(socket.gethostname(), os.getpid(), run_id or f"pid-{os.getpid()}",
                                  time.time(), float("inf")).to_bytes(), 0)

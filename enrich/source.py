@@ -82,8 +82,12 @@ def _is_hub_id(source: str) -> bool:
         and source.count("/") == 1
         and not looks_like_path(source)
         and not os.path.exists(source)
-        and not any(ch in source for ch in "*?[")
+        and not _is_glob(source)
     )
+
+
+def _is_glob(source: str) -> bool:
+    return any(ch in source for ch in "*?[")
 
 
 
@@ -203,7 +207,7 @@ def list_shards(source: str, *, sample_dir: str | None = None, image_column: str
     if "://" in source:
         return _list_fsspec(source, image_column=image_column)
     source = os.path.expanduser(source)
-    if looks_like_path(source) and not any(ch in source for ch in "*?[") and not os.path.exists(source):
+    if looks_like_path(source) and not _is_glob(source) and not os.path.exists(source):
         raise SourceError(f"--source {source!r}: no such file or folder")
     if os.path.isdir(source):
         found = sorted(globmod.glob(os.path.join(source, "**", "*"), recursive=True))
