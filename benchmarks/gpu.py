@@ -23,13 +23,19 @@ Runs (`--runs`, comma-separated, in order, each in fresh processes):
                 `LLM.generate` once on its 1/K of the prepared images, with enrich's prompt
                 (the model's chat template rendered by enrich's engine code), enrich's engine
                 arguments, images decoded to PIL before the clock starts, ignore_eos.
-  enrich:G:K    `python -m enrich --engine vllm --concurrency G --replicas-per-gpu K` on the
-                shards, N rows. Sustained rate: the rows committed between the commit that
+  split:K       as bare:K, but each engine first runs vLLM's input processing on all its images
+                (timed: render ms per image, one thread), then adds the processed requests and
+                steps the engine to the end (timed: the engine alone, input processing already
+                paid): the ceiling of an engine whose inputs are processed elsewhere.
+  enrich:G:K[:P] `python -m enrich --engine vllm --concurrency G --replicas-per-gpu K
+                [--render-processes P]` on the shards, N rows. Sustained rate: the rows committed between the commit that
                 brought the table past 10% of N and the one that brought it past 90%, over the
                 time between them (the middle of the run; the start-up and the drain are
                 outside it). Also the whole run's rate and the first committed row.
   tutorial      the tutorial's pipeline re-created on Ray 2.60 (tutorial_gpu.py), --tutorial-n
                 rows; its rate is first to last output row.
+Any run may end in `+VARIANT` (several: `+a+b`): engine arguments added to enrich's, from
+VARIANTS below (for enrich runs through --engine-kwargs).
 Per run: GPU utilisation (nvidia-smi, mean over the GPUs used while generating) and CPU cores
 busy (/proc/stat) over the same window. `--profile` also takes py-spy samples of an enrich
 engine replica and its vLLM engine-core process in the middle of the run (py-spy must be
@@ -56,6 +62,23 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 TOKENS = 100
 WORK = Path(os.environ.get("ENRICH_BENCH_WORK", "/tmp/enrich-gpu-bench"))
+# Engine arguments a run can add (`enrich:1:2+enc`), each a lever named in PERFORMANCE.md.
+VARIANTS: dict[str, dict[str, Any]] = {
+    # the vision encoder compiled and captured in CUDA graphs (off by default in vLLM 0.24)
+    "enc": {"compilation_config": {"compile_mm_encoder": True, "cudagraph_mm_encoder": True}},
+    "seqs512": {"max_num_seqs": 512},
+}
+
+
+def variant(spec: str) -> tuple[str, dict[str, Any]]:
+    """``enrich:1:2+enc+seqs512`` → (``enrich:1:2``, the engine arguments the variants add)."""
+    base, *names = spec.split("+")
+    extra: dict[str, Any] = {}
+    for name in names:
+        if name not in VARIANTS:
+            raise SystemExit(f"unknown variant {name!r} (known: {', '.join(VARIANTS)})")
+        extra.update(VARIANTS[name])
+    return base, extra
 
 
 # ------------------------------------------------------------------------------------------
@@ -163,12 +186,13 @@ def make_inputs(n: int, bare_n: int) -> tuple[Path, Path]:
     return shards, prepared
 
 
-def run_config(model: str, dummy: bool, share: int, accelerator: str, gpus: int = 1) -> Any:
+def run_config(model: str, dummy: bool, share: int, accelerator: str, gpus: int = 1,
+               extra: dict[str, Any] | None = None) -> Any:
     from enrich.config import RunConfig
 
     return RunConfig(until=1, engine="vllm", model=model, max_tokens=TOKENS, replicas_per_gpu=share,
                      accelerator_type=accelerator, concurrency=gpus,
-                     engine_kwargs={"load_format": "dummy"} if dummy else {})
+                     engine_kwargs={**({"load_format": "dummy"} if dummy else {}), **(extra or {})})
 
 
 def _logged(name: str, cmd: list[str], d: Path) -> tuple[Sampler, float, float]:
@@ -231,33 +255,63 @@ def bare_worker(args: argparse.Namespace) -> None:
         time.sleep(0.01)
     params = SamplingParams(temperature=0.3, max_tokens=TOKENS, ignore_eos=True)
     inputs: list[Any] = [{"prompt": prompt, "multi_modal_data": {"image": img}} for img in mine]
-    g0 = time.time()
-    outs = llm.generate(inputs, params, use_tqdm=False)
-    g1 = time.time()
+    extra: dict[str, Any] = {}
+    if args.split:
+        from vllm.sampling_params import RequestOutputKind
+
+        # vLLM's input processing alone, one thread (what LLM.generate does per prompt) ...
+        r0 = time.time()
+        rendered = [llm._preprocess_cmpl_one(x) for x in inputs]
+        extra["render_ms_per_image"] = round((time.time() - r0) / len(inputs) * 1e3, 2)
+        Path(args.ready + ".rendered").write_text("1")
+        while not Path(args.go + ".rendered").exists():
+            time.sleep(0.01)
+        # ... then the engine alone on the processed requests
+        params.output_kind = RequestOutputKind.FINAL_ONLY
+        engine = llm.llm_engine
+        g0 = time.time()
+        for i, x in enumerate(rendered):
+            engine.add_request(str(i), x, params)
+        outs = []
+        while engine.has_unfinished_requests():
+            outs.extend(o for o in engine.step() if o.finished)
+        g1 = time.time()
+    else:
+        g0 = time.time()
+        outs = llm.generate(inputs, params, use_tqdm=False)
+        g1 = time.time()
     tokens = sum(len(o.outputs[0].token_ids) for o in outs)
     Path(args.result).write_text(json.dumps({"start_s": t_loaded - t0, "t0": g0, "t1": g1,
-                                             "captions": len(outs), "tokens": tokens}))
+                                             "captions": len(outs), "tokens": tokens, **extra}))
 
 
-def run_bare(k: int, model: str, dummy: bool, prepared: Path, work: Path, accelerator: str) -> dict[str, Any]:
+def run_bare(k: int, model: str, dummy: bool, prepared: Path, work: Path, accelerator: str,
+             extra: dict[str, Any], split: bool) -> dict[str, Any]:
     from enrich.engines.vllm import engine_kwargs
 
-    d = work / f"bare{k}"
+    d = work / f"{'split' if split else 'bare'}{k}"
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
-    rc = run_config(model, dummy, k, accelerator)
+    rc = run_config(model, dummy, k, accelerator, extra=extra)
     cfg = {"llm_kwargs": engine_kwargs(rc), "system_prompt": rc.system_prompt, "prompt": rc.prompt}
     procs = [subprocess.Popen(
         [sys.executable, __file__, "_bare", "--cfg", json.dumps(cfg), "--prepared", str(prepared),
          "--part", str(i), "--parts", str(k), "--ready", str(d / f"ready{i}"), "--go", str(d / "go"),
-         "--result", str(d / f"result{i}")],
+         "--result", str(d / f"result{i}"), *(["--split"] if split else [])],
         stdout=open(d / f"log{i}", "w"), stderr=subprocess.STDOUT) for i in range(k)]
-    with Sampler() as s:
-        while not all((d / f"ready{i}").exists() for i in range(k)):
+
+    def wait_all(suffix: str) -> None:
+        while not all((d / f"ready{i}{suffix}").exists() for i in range(k)):
             if any(p.poll() is not None for p in procs):
                 raise RuntimeError(f"bare{k}: a worker died: {(d / 'log0').read_text()[-3000:]}")
             time.sleep(0.2)
+
+    with Sampler() as s:
+        wait_all("")
         (d / "go").touch()
+        if split:  # the engines start generating together, once all have processed their inputs
+            wait_all(".rendered")
+            (d / "go.rendered").touch()
         for p in procs:
             p.wait()
     if any(p.returncode != 0 for p in procs):
@@ -265,9 +319,13 @@ def run_bare(k: int, model: str, dummy: bool, prepared: Path, work: Path, accele
     res = [json.loads((d / f"result{i}").read_text()) for i in range(k)]
     t0, t1 = min(r["t0"] for r in res), max(r["t1"] for r in res)
     caps, toks = sum(r["captions"] for r in res), sum(r["tokens"] for r in res)
+    split_info = ({"render_ms_per_image": max(r["render_ms_per_image"] for r in res),
+                   "note": "input processing done before the clock started (not in the rate)"}
+                  if split else {})
     return {"kind": "bare", "gpus": 1, "engines_per_gpu": k, "rows": caps,
             "captions_per_s_sustained": round(caps / (t1 - t0), 1),
             "sustained_window": "first request added to last finished, all engines",
+            **split_info, "engine_kwargs_added": extra,
             "output_tokens_per_s": round(toks / (t1 - t0)),
             "gpu_util_pct": s.gpu_mean(1, t0, t1), "cpu_cores_busy": Sampler.mean(s.cpu, t0, t1),
             "engine_start_s": round(max(r["start_s"] for r in res), 1), "llm_kwargs": cfg["llm_kwargs"]}
@@ -298,8 +356,21 @@ def _profile(d: Path, seconds: int) -> None:
         p.wait()
 
 
+def _census() -> dict[str, int]:
+    """The engine's processes as they run: replicas (Ray actors), their render processes (spawned
+    children of a replica) and vLLM engine cores."""
+    ps = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
+    rows = [line.split(None, 2) for line in ps.splitlines()[1:] if len(line.split(None, 2)) == 3]
+    replicas = {pid for pid, _, args in rows if "VLLMCaptioner" in args}
+    return {"replicas": len(replicas),
+            "render_processes": sum(1 for _, ppid, args in rows
+                                    if ppid in replicas and "spawn_main" in args),
+            "engine_cores": sum(1 for _, _, args in rows if "EngineCore" in args)}
+
+
 def run_enrich(gpus: int, k: int, model: str, dummy: bool, shards: Path, n: int, work: Path,
-               accelerator: str, profile: bool) -> dict[str, Any]:
+               accelerator: str, profile: bool, extra: dict[str, Any],
+               render_processes: int | None = None) -> dict[str, Any]:
     from deltalake import DeltaTable
 
     d = work / f"enrich-{gpus}x{k}"
@@ -309,17 +380,21 @@ def run_enrich(gpus: int, k: int, model: str, dummy: bool, shards: Path, n: int,
     cmd = [sys.executable, "-m", "enrich", "--until", str(n), "--source", str(shards),
            "--table", str(table), "--checkpoint-dir", str(d / "ck"), "--engine", "vllm",
            "--accelerator-type", accelerator, "--model", model, "--max-tokens", str(TOKENS),
-           "--engine-kwargs", json.dumps({"load_format": "dummy"} if dummy else {}),
+           "--engine-kwargs", json.dumps({**({"load_format": "dummy"} if dummy else {}), **extra}),
            "--concurrency", str(gpus), "--replicas-per-gpu", str(k), "--commit-every", "1000", "--quiet"]
+    if render_processes is not None:
+        cmd += ["--render-processes", str(render_processes)]
     with Sampler() as s:
         t0 = time.time()
         # cwd: not the repo root, where `enrich` would be imported from the source folder
         # rather than the install (which maps enrich.schemas)
         proc = subprocess.Popen(cmd, stdout=open(d / "log", "w"), stderr=subprocess.STDOUT, cwd=d)
-        if profile:
-            while proc.poll() is None and not _committed_past(table, n // 3):
-                time.sleep(2)
-            if proc.poll() is None:
+        census: dict[str, int] = {}
+        while proc.poll() is None and not _committed_past(table, n // 3):
+            time.sleep(2)
+        if proc.poll() is None:
+            census = _census()
+            if profile:
                 _profile(d, 20)
         proc.wait()
         t_end = time.time()
@@ -353,7 +428,7 @@ def run_enrich(gpus: int, k: int, model: str, dummy: bool, shards: Path, n: int,
         "mean_output_tokens": round(out_tokens / max(1, statuses.get("captioned", 0)), 1),
         "first_committed_row_s": round(cum[0][0] - t0, 1), "wall_s": round(t_end - t0, 1),
         "gpu_util_pct": s.gpu_mean(gpus, ta, tb), "cpu_cores_busy": Sampler.mean(s.cpu, ta, tb),
-        "commits": len(commits), "command": " ".join(cmd[1:])}
+        "commits": len(commits), "processes_mid_run": census, "command": " ".join(cmd[1:])}
     return r
 
 
@@ -436,18 +511,23 @@ def main() -> None:
     shards, prepared = make_inputs(args.n, args.bare_n)
     results = header(args)
     out = Path(args.out)
-    for spec in args.runs.split(","):
+    specs = args.runs.split(",")
+    for spec in specs:  # a typo ends the command before any run, not after an hour of them
+        variant(spec)
+    for spec in specs:
         t = time.time()
-        parts = spec.split(":")
+        base, extra = variant(spec)
+        parts = base.split(":")
         try:
             if parts[0] == "vllm-bench":
                 r = run_vllm_bench(args.model, args.bare_n, WORK)
-            elif parts[0] == "bare":
+            elif parts[0] in ("bare", "split"):
                 r = run_bare(int(parts[1]), args.model, args.dummy_weights, prepared, WORK,
-                             args.accelerator_type)
+                             args.accelerator_type, extra, split=parts[0] == "split")
             elif parts[0] == "enrich":
                 r = run_enrich(int(parts[1]), int(parts[2]), args.model, args.dummy_weights, shards,
-                               args.n, WORK, args.accelerator_type, args.profile)
+                               args.n, WORK, args.accelerator_type, args.profile, extra,
+                               int(parts[3]) if len(parts) > 3 else None)
             elif parts[0] == "tutorial":
                 r = run_tutorial(args.model, args.dummy_weights, shards, args.tutorial_n, WORK,
                                  args.accelerator_type)
@@ -468,6 +548,7 @@ if __name__ == "__main__":
             wp.add_argument(a)
         wp.add_argument("--part", type=int)
         wp.add_argument("--parts", type=int)
+        wp.add_argument("--split", action="store_true")
         bare_worker(wp.parse_args(sys.argv[2:]))
     else:
         main()

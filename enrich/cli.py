@@ -66,6 +66,9 @@ def build_run_parser() -> argparse.ArgumentParser:
     e.add_argument("--replicas-per-gpu", type=pos_int,
                    help="vLLM engines sharing one GPU, each with 1/N of its memory (default: 3 on "
                    "H100/H200/A100-80G, as measured best, else 1)")
+    e.add_argument("--render-processes", type=nonneg_int, metavar="N",
+                   help="processes per vLLM replica that process its inputs (image processor, "
+                   "tokenizer); 0: threads in the replica (default: 2 on GPUs, 0 on cpu)")
     e.add_argument("--batch-size", type=pos_int, help="rows per engine batch (default 1024 for vLLM on GPUs, else 64)")
     e.add_argument("--max-model-len", type=pos_int, help="vLLM max_model_len (default 8192)")
     e.add_argument("--engine-kwargs", type=json_object, metavar="JSON",

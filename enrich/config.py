@@ -109,6 +109,7 @@ class RunConfig:
     accelerator_type: str = "L4"
     concurrency: int = 1
     replicas_per_gpu: int = 0  # 0: as measured best for the accelerator (REPLICAS_PER_GPU)
+    render_processes: int = -1  # per vLLM replica; -1: the engine's default, 0: threads
     batch_size: int = 0  # 0: GPU_BATCH_SIZE for vLLM on GPUs, else SMALL_BATCH_SIZE
     engine_kwargs: Mapping[str, Any] = field(default_factory=dict)
     gpu_wait_s: float = 0.0
@@ -137,6 +138,8 @@ class RunConfig:
             raise UsageError(f"--image-size must be between 28 and 2048, got {self.image_size}")
         if self.replicas_per_gpu < 0:
             raise UsageError(f"--replicas-per-gpu must be >= 1, got {self.replicas_per_gpu}")
+        if self.render_processes < -1:
+            raise UsageError(f"--render-processes must be >= 0, got {self.render_processes}")
         if self.batch_size < 0:
             raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
         for name in ("concurrency", "commit_every", "max_tokens", "max_model_len"):

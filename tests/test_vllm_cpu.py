@@ -54,11 +54,13 @@ def rows_by_index(table: Path) -> dict[int, dict]:
 def clean_run(tiny_model: Path, ray_address: str, tmp_path_factory: pytest.TempPathFactory
               ) -> tuple[Path, Path, float]:
     """One uninterrupted real-engine run of the first UNTIL sample rows, on the 2-CPU test
-    cluster, and a dry-run of the same rows. Returns (vllm table, dry-run table, seconds)."""
+    cluster, and a dry-run of the same rows. Returns (vllm table, dry-run table, seconds).
+    It renders its inputs in a render process (the GPU default), the other runs here in the
+    replica's thread (the CPU default): the resume test compares their captions."""
     work = tmp_path_factory.mktemp("vllm-clean")
     t0 = time.monotonic()
     res = cli("--until", str(UNTIL), *vllm_args(tiny_model, work / "t", work),
-              "--ray-address", ray_address, timeout=600)
+              "--render-processes", "1", "--ray-address", ray_address, timeout=600)
     took = time.monotonic() - t0
     assert res.returncode == 0, res.stderr[-3000:]
     dry = cli("--until", str(UNTIL), "--source", "sample", "--table", str(work / "dry"),
@@ -182,3 +184,85 @@ def test_cpu_mode_engine_has_no_gpu() -> None:
     desc = VLLMEngine(cfg).describe()
     assert desc["device"] == "cpu" and desc["gpus_per_replica"] == 0.0
     assert desc["cpus"] == {"cluster": 2.0, "per_replica": 1.0, "per_prepare_task": 1.0}
+
+
+def _jpeg(seed: int) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    pixels = np.random.default_rng(seed).integers(0, 255, (225, 225, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_render_processes_hand_the_engine_its_own_requests(tiny_model: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replica with render processes (the GPU default): each request they make equals the one
+    the replica's own ``vllm.LLM`` makes for the same image (tokens, image hash, placeholder,
+    pixel tensors), rows are captioned through them, an unreadable image fails its row alone,
+    and a render process that dies ends the replica (Ray restarts it) instead of failing rows."""
+    import os
+    import signal
+
+    import pyarrow as pa
+    import torch
+
+    from enrich.engines.vllm import (
+        ProcessRenderer,
+        ThreadRenderer,
+        VLLMCaptioner,
+        engine_kwargs,
+        render_prompt,
+        sampling_params,
+    )
+
+    cfg = RunConfig(until=1, engine="vllm", accelerator_type="cpu", model=str(tiny_model),
+                    model_revision=None, engine_kwargs={"enforce_eager": True}, max_tokens=8,
+                    temperature=0)
+    replica = VLLMCaptioner(llm_kwargs=engine_kwargs(cfg), system_prompt=cfg.system_prompt,
+                            prompt=cfg.prompt, params=sampling_params(cfg), render_threads=1,
+                            render_processes=2, lookahead=8)
+    try:
+        assert isinstance(replica.renderer, ProcessRenderer)  # started: no fallback to threads
+        own = ThreadRenderer(replica.llm, render_prompt(replica.llm.get_tokenizer(),
+                                                        cfg.system_prompt, cfg.prompt), 1)
+        for seed in range(3):
+            mine = replica.renderer.load(replica.renderer.submit(_jpeg(seed)).result())
+            ref = own.submit(_jpeg(seed)).result()
+            for key in ("prompt_token_ids", "mm_hashes", "mm_placeholders", "prompt"):
+                assert mine[key] == ref[key], key
+            got, want = mine["mm_kwargs"]["image"][0], ref["mm_kwargs"]["image"][0]
+            assert set(got) == set(want) == {"pixel_values", "image_grid_thw"}
+            for field in want:
+                assert torch.equal(got[field].data, want[field].data), field
+
+        schema = pa.schema([("source_index", pa.int64()), ("status", pa.string()),
+                            ("error", pa.string()), ("image_jpeg", pa.binary()),
+                            ("image_width", pa.int32()), ("image_height", pa.int32())])
+        rows = [{"source_index": i, "status": "pending", "error": None, "image_jpeg": _jpeg(i),
+                 "image_width": 225, "image_height": 225} for i in range(6)]
+        rows[4]["image_jpeg"] = b"not a jpeg"
+        out = {r["source_index"]: r for r in replica(pa.Table.from_pylist(rows, schema)).to_pylist()}
+        assert out[4]["status"] == "failed" and out[4]["error"].startswith("prepared image unreadable:")
+        assert all(out[i]["status"] == "captioned" and out[i]["caption"] for i in (0, 1, 2, 3, 5))
+
+        exits: list[int] = []
+
+        def fake_exit(code: int) -> None:
+            exits.append(code)
+            raise SystemExit(code)
+
+        monkeypatch.setattr("enrich.engines.vllm.os._exit", fake_exit)
+        pids = list(replica.renderer.pool._processes)  # the pool's own record of its processes
+        assert len(pids) == 2
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        with pytest.raises(SystemExit):
+            replica(pa.Table.from_pylist(rows[:2], schema))
+        assert exits == [1]  # the replica ends; no row was recorded failed
+    finally:
+        replica.renderer.close()
+        replica.llm.llm_engine.engine_core.shutdown()

@@ -21,6 +21,7 @@ from PIL import Image
 from enrich.config import RunConfig
 from enrich.engines.vllm import (
     EngineLoop,
+    ThreadRenderer,
     VLLMCaptioner,
     caption_from_output,
     engine_kwargs,
@@ -168,7 +169,7 @@ def _seed_of(image: Image.Image) -> int:
 
 def _replica(llm: _FakeLLM, lookahead: int = 64) -> VLLMCaptioner:
     replica = VLLMCaptioner.__new__(VLLMCaptioner)
-    replica.loop = EngineLoop(llm, None, prompt="P", threads=3, lookahead=lookahead)
+    replica.loop = EngineLoop(llm, None, renderer=ThreadRenderer(llm, "P", 3), lookahead=lookahead)
     return replica
 
 

@@ -60,11 +60,15 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "dtype": "bfloat16",
     "mm_processor_cache_gb": 0,
 }
-# Threads per GPU replica that run vLLM's input processing (HF image processor, tokenizer) for
-# its rows, and the CPUs the replica reserves for them, its engine loop and vLLM's engine-core
-# process (a busy loop of its own). Measured on one H200 (PERFORMANCE.md): one engine's serial
-# input processing capped it near 106 captions/s while the GPU was less than half busy.
+# vLLM's input processing per row (decode, HF image processor, tokenizer) runs beside the engine:
+# on a GPU in RENDER_PROCESSES processes per replica (threads hold the GIL: on one H200 four ran
+# ~1.2 threads' worth, PERFORMANCE.md), on the CPU backend in RENDER_THREADS threads (the model
+# is the bound there), or where processes cannot start; --render-processes overrides the count.
+# REPLICA_CPUS: what a GPU replica reserves for them, its
+# engine loop and vLLM's engine-core process (a busy loop of its own).
+RENDER_PROCESSES = 2
 RENDER_THREADS = 4
+RENDER_START_S = 300.0
 REPLICA_CPUS = 3.0
 # Batches a replica works on at once (Ray actor concurrency): the next batch is rendered and
 # queued while the last rows of the previous one finish, so the engine never drains.
@@ -231,6 +235,127 @@ class _Unreadable(ValueError):
     """A row's prepared JPEG did not decode (its row fails, worded as such)."""
 
 
+def _decode(jpeg: bytes) -> Any:
+    from PIL import Image
+
+    try:
+        return Image.open(io.BytesIO(jpeg)).convert("RGB")
+    except Exception as exc:  # noqa: BLE001 - prepare made this JPEG; never expected
+        raise _Unreadable(f"prepared image unreadable: {type(exc).__name__}: {exc}") from exc
+
+
+class ThreadRenderer:
+    """vLLM's input processing (decode the prepared JPEG, the HF image processor, the tokenizer)
+    in threads of the replica's own process: ``LLM``'s own render step, the same call
+    ``LLM.generate`` makes per prompt. Most of it holds the GIL, so threads add little; used on
+    the CPU backend, where the model itself is the bound."""
+
+    def __init__(self, llm: Any, prompt: str, threads: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.llm, self.prompt = llm, prompt
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="enrich-render")
+
+    def submit(self, jpeg: bytes) -> Any:
+        return self.pool.submit(self._render, jpeg)
+
+    def _render(self, jpeg: bytes) -> Any:
+        return self.llm._preprocess_cmpl_one(
+            {"prompt": self.prompt, "multi_modal_data": {"image": _decode(jpeg)}}, None)
+
+    @staticmethod
+    def load(result: Any) -> Any:
+        return result
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+# The render processes' own state (one renderer per process, built on its first row).
+_PROCESS: dict[str, Any] = {}
+
+
+def _render_process_init(config_file: str) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one process per core: no intra-op threads for small tensors
+    _PROCESS["config_file"] = config_file
+    import vllm.renderers  # noqa: F401 - the slow imports, done while the engine starts
+
+
+def _render_process_ready() -> bool:
+    return True
+
+
+def _render_in_process(jpeg: bytes) -> bytes:
+    """One row's processed request, pickled. What ``LLM._preprocess_cmpl_one`` does (vLLM
+    0.24–0.29: parse the prompt, ``render_cmpl`` with the default tokenization), on a renderer
+    built from the replica's own engine config, so the request is the one its engine would
+    have made (tests compare the captions)."""
+    import pickle
+
+    if "renderer" not in _PROCESS:
+        from vllm.renderers import renderer_from_config
+
+        with open(_PROCESS["config_file"], "rb") as f:
+            config, _PROCESS["prompt"] = pickle.load(f)
+        _PROCESS["model_config"] = config.model_config
+        _PROCESS["renderer"] = renderer_from_config(config)
+    from vllm.renderers.inputs.preprocess import parse_model_prompt
+
+    renderer = _PROCESS["renderer"]
+    prompt = parse_model_prompt(_PROCESS["model_config"], {
+        "prompt": _PROCESS["prompt"], "multi_modal_data": {"image": _decode(jpeg)}})
+    (engine_input,) = renderer.render_cmpl([prompt], renderer.default_cmpl_tok_params)
+    return pickle.dumps(engine_input, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+class ProcessRenderer:
+    """vLLM's input processing in ``processes`` separate processes (spawned, each with its own
+    GIL), the processed requests pickled back (~0.3 MB each, tensors included) and handed to
+    the replica's engine as ``LLM`` would hand its own. On one H200 a replica's input
+    processing in threads ran ~1.2 threads' worth (PERFORMANCE.md).
+
+    The processes start before the engine is built (their imports overlap its start-up) and
+    read the engine's config and the prompt, written to ``config_file`` once the engine exists,
+    on their first row."""
+
+    def __init__(self, processes: int, config_file: str) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.config_file = config_file
+        self.pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_render_process_init,
+                                        initargs=(config_file,))
+        # one task per process: the pool starts a process for each while none is idle
+        self.started = [self.pool.submit(_render_process_ready) for _ in range(processes)]
+
+    def publish(self, engine_config: Any, prompt: str, timeout_s: float) -> None:
+        """Hand the engine's config and the prompt to the processes (before the first row), and
+        wait until each process has started: raises if one could not."""
+        import pickle
+
+        tmp = f"{self.config_file}.part"
+        with open(tmp, "wb") as f:
+            pickle.dump((engine_config, prompt), f)
+        os.replace(tmp, self.config_file)
+        for fut in self.started:
+            fut.result(timeout=timeout_s)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def submit(self, jpeg: bytes) -> Any:
+        return self.pool.submit(_render_in_process, jpeg)
+
+    @staticmethod
+    def load(result: bytes) -> Any:
+        import pickle
+
+        return pickle.loads(result)
+
+
 class _Batch:
     """One caller's rows on their way through the engine loop."""
 
@@ -261,29 +386,15 @@ class EngineLoop:
     held per replica (each holds its image's pixel tensor): a row's JPEG is decoded only when
     its slot is free, in a render thread, not a whole batch at once ahead of the engine."""
 
-    def __init__(self, llm: Any, params: Any, *, prompt: str, threads: int, lookahead: int) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.llm, self.params, self.prompt = llm, params, prompt
+    def __init__(self, llm: Any, params: Any, *, renderer: Any, lookahead: int) -> None:
+        self.params, self.renderer = params, renderer
         self.engine = llm.llm_engine
-        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="enrich-render")
         self.slots = threading.Semaphore(lookahead)
         self.inbox: queue.Queue[tuple[str, Any, _Batch, int]] = queue.Queue()
         self.waiting: dict[str, tuple[_Batch, int]] = {}
         self.ids = itertools.count()
         self.dead: BaseException | None = None
         threading.Thread(target=self._run, name="enrich-engine", daemon=True).start()
-
-    def _render(self, jpeg: bytes) -> Any:
-        from PIL import Image
-
-        try:
-            image = Image.open(io.BytesIO(jpeg)).convert("RGB")
-        except Exception as exc:  # noqa: BLE001 - prepare made this JPEG; never expected
-            raise _Unreadable(f"prepared image unreadable: {type(exc).__name__}: {exc}") from exc
-        # The render step of LLM.generate (same call, same result), run outside its loop.
-        return self.llm._preprocess_cmpl_one(
-            {"prompt": self.prompt, "multi_modal_data": {"image": image}}, None)
 
     def caption(self, images: list[tuple[int, bytes]]) -> dict[int, Caption]:
         """Caption ``images`` (position, prepared JPEG); returns position → caption. Raises
@@ -297,7 +408,7 @@ class EngineLoop:
                 self._hand_over_done(batch, futures)
             if self.dead is not None:
                 raise EngineDead(str(self.dead))
-            futures.append((pos, self.pool.submit(self._render, jpeg)))
+            futures.append((pos, self.renderer.submit(jpeg)))
             self._hand_over_done(batch, futures)
         for pos, fut in futures:
             self._hand_over(batch, pos, fut)
@@ -312,8 +423,12 @@ class EngineLoop:
             self._hand_over(batch, *futures.pop(0))
 
     def _hand_over(self, batch: _Batch, pos: int, fut: Any) -> None:
+        from concurrent.futures import BrokenExecutor
+
         try:
-            rendered = fut.result()
+            rendered = self.renderer.load(fut.result())
+        except BrokenExecutor as exc:  # a render process died: the replica, not the row
+            raise EngineDead(f"render pool broken: {exc}") from exc
         except _Unreadable as exc:
             self.slots.release()
             batch.finish(pos, Caption(error=str(exc)))
@@ -368,19 +483,38 @@ class VLLMCaptioner:
     loop that feeds it. Ray Data runs two batches on it at once (``BATCHES_IN_FLIGHT``)."""
 
     def __init__(self, *, llm_kwargs: dict[str, Any], system_prompt: str, prompt: str,
-                 params: dict[str, Any], render_threads: int, lookahead: int) -> None:
+                 params: dict[str, Any], render_threads: int, render_processes: int,
+                 lookahead: int) -> None:
+        import tempfile
+
         import torch
         from vllm import LLM, SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
-        # Parallelism comes from the render threads; one intra-op thread each for the image
-        # processor's small tensors.
+        # Parallelism comes from the render threads or processes; one intra-op thread each for
+        # the image processor's small tensors.
         torch.set_num_threads(1)
+        procs = None
+        if render_processes > 0:  # started first: their imports overlap the engine's start-up
+            procs = ProcessRenderer(render_processes,
+                                    os.path.join(tempfile.mkdtemp(prefix="enrich-render-"), "engine.pkl"))
         llm = LLM(**llm_kwargs)
         sampling = SamplingParams(**params)
         sampling.output_kind = RequestOutputKind.FINAL_ONLY  # as LLM.generate asks: no streaming
-        self.loop = EngineLoop(llm, sampling, prompt=render_prompt(llm.get_tokenizer(), system_prompt, prompt),
-                               threads=render_threads, lookahead=lookahead)
+        text = render_prompt(llm.get_tokenizer(), system_prompt, prompt)
+        renderer: ThreadRenderer | ProcessRenderer = ThreadRenderer(llm, text, render_threads)
+        if procs is not None:
+            try:
+                procs.publish(llm.llm_engine.vllm_config, text, timeout_s=RENDER_START_S)
+                renderer = procs
+            except Exception as exc:  # noqa: BLE001 - slower, not wrong: the replica still runs
+                import sys
+
+                procs.close()
+                print(f"enrich: render processes did not start ({type(exc).__name__}: {exc}); "
+                      f"rendering in {render_threads} threads instead", file=sys.stderr, flush=True)
+        self.llm, self.renderer = llm, renderer
+        self.loop = EngineLoop(llm, sampling, renderer=renderer, lookahead=lookahead)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         status = batch.column("status").to_pylist()
@@ -429,6 +563,12 @@ class VLLMEngine:
         return 1 if is_cpu(self.cfg.accelerator_type) else RENDER_THREADS
 
     @property
+    def render_processes(self) -> int:
+        if self.cfg.render_processes >= 0:
+            return self.cfg.render_processes
+        return 0 if is_cpu(self.cfg.accelerator_type) else RENDER_PROCESSES
+
+    @property
     def gpus_per_replica(self) -> float:
         return 0.0 if is_cpu(self.cfg.accelerator_type) else round(1 / self.cfg.gpu_share, 4)
 
@@ -445,6 +585,7 @@ class VLLMEngine:
             "replicas": self.cfg.replicas,
             "cpus": {"cluster": cpus.total, "per_replica": cpus.replica,
                      "per_prepare_task": cpus.prepare_task},
+            "render_processes_per_replica": self.render_processes,
             "render_threads_per_replica": self.render_threads,
             "batches_in_flight_per_replica": BATCHES_IN_FLIGHT,
             "image_tokens_per_image": image_tokens(self.cfg.image_size),
@@ -498,6 +639,7 @@ class VLLMEngine:
             fn_constructor_kwargs=dict(
                 llm_kwargs=llm_kwargs, system_prompt=cfg.system_prompt, prompt=cfg.prompt,
                 params=sampling_params(cfg), render_threads=self.render_threads,
+                render_processes=self.render_processes,
                 lookahead=2 * int(llm_kwargs.get("max_num_seqs", 256))),
             batch_size=cfg.engine_batch_size,
             batch_format="pyarrow",
