@@ -64,8 +64,8 @@ def build_run_parser() -> argparse.ArgumentParser:
     e.add_argument("--accelerator-type", help="GPU type of a replica (default L4), or cpu for vLLM's CPU backend")
     e.add_argument("--concurrency", type=pos_int, help="GPUs, i.e. groups of engine replicas (default 1)")
     e.add_argument("--replicas-per-gpu", type=pos_int,
-                   help="vLLM engines sharing one GPU, each with 1/N of its memory (default: 3 on "
-                   "H100/H200/A100-80G, as measured best, else 1)")
+                   help="vLLM engines sharing one GPU, each with 1/N of its memory (default, as "
+                   "measured best: 2 on H200, 3 on H100/A100-80G, else 1)")
     e.add_argument("--render-processes", type=nonneg_int, metavar="N",
                    help="processes per vLLM replica that process its inputs (image processor, "
                    "tokenizer); 0: threads in the replica (default: 2 on GPUs, 0 on cpu)")

@@ -37,12 +37,13 @@ DEFAULT_PROMPT = (
 )
 DRY_RUN_MODEL = "dry-run"
 
-# vLLM engines per GPU when --replicas-per-gpu is not given. Measured on one H200 with
-# Qwen2.5-VL-3B (random weights, 100-token captions, distinct images; PERFORMANCE.md): one
-# engine's per-request input processing keeps it near 106 captions/s with the GPU under half busy;
-# three engines per GPU sustained 182/s. Three engines need ~3 x 16 GB: 80 GB+ cards only. An L4
-# (24 GB) holds one.
-REPLICAS_PER_GPU: dict[str, int] = {"H100": 3, "H200": 3, "A100-80G": 3}
+# vLLM engines per GPU when --replicas-per-gpu is not given, as measured (PERFORMANCE.md;
+# Qwen2.5-VL-3B, random weights, 100-token captions, distinct images, 40,000 rows). H200, with
+# render processes and the compiled vision encoder: 2 engines 218.5 captions/s, 3 engines 220.3
+# (the GPU ~99.5 % busy either way, time-sliced), the first row 110 s vs 154 s after start: 2.
+# H100 and A100-80G keep 3, measured on an H100 before those changes. Several engines need
+# ~16 GB each: 80 GB+ cards only. An L4 (24 GB) holds one.
+REPLICAS_PER_GPU: dict[str, int] = {"H100": 3, "H200": 2, "A100-80G": 3}
 
 # Rows per engine batch when --batch-size is not given. A vLLM replica on a GPU keeps its engine
 # at max_num_seqs (256) sequences across two batches at once, so each batch holds several times

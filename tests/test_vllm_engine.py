@@ -271,6 +271,7 @@ def test_engines_per_gpu_default_to_the_measured_best() -> None:
         return RunConfig(until=1, engine="vllm", **kw).gpu_share  # type: ignore[arg-type]
 
     assert share() == 1  # L4: one engine fits its 24 GB
+    assert share(accelerator_type="H200") == 2
     assert share(accelerator_type="H100") == 3 and share(accelerator_type="H100", concurrency=2) == 3
     assert RunConfig(until=1, engine="vllm", accelerator_type="H100", concurrency=2).replicas == 6
     assert share(accelerator_type="H100", replicas_per_gpu=2) == 2
@@ -292,6 +293,11 @@ def test_shared_gpu_engines_get_a_share_and_a_fixed_kv_cache() -> None:
                                 engine_kwargs={"tensor_parallel_size": 2}))
     one = engine_kwargs(RunConfig(until=1, engine="vllm"))  # L4: one whole GPU
     assert one["gpu_memory_utilization"] == 0.9 and "kv_cache_memory_bytes" not in one
+    # the vision encoder compiled and in CUDA graphs on GPUs; on the CPU backend vLLM's default
+    assert one["compilation_config"] == {"compile_mm_encoder": True, "cudagraph_mm_encoder": True}
+    assert "compilation_config" not in engine_kwargs(RunConfig(until=1, engine="vllm", accelerator_type="cpu"))
+    mine = engine_kwargs(RunConfig(until=1, engine="vllm", engine_kwargs={"compilation_config": {"level": 0}}))
+    assert mine["compilation_config"] == {"level": 0}  # the user's replaces ours
     assert VLLMEngine(RunConfig(until=1, engine="vllm")).gpus_per_replica == 1.0
 
 
