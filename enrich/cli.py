@@ -129,9 +129,20 @@ def _run_main(argv: Sequence[str]) -> int:
     return 0
 
 
+class _OneLine(logging.Formatter):
+    """Every log record on one line (library messages carry newlines and tracebacks)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return one_line(super().format(record))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="enrich: %(levelname)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_OneLine("enrich: %(levelname)s: %(message)s"))
+    # The hub client logs each of its own HTTP retries in two lines; enrich's retries say it once.
+    logging.getLogger("huggingface_hub.utils._http").setLevel(logging.ERROR)
     try:
         if argv and argv[0] in COMMANDS:
             from enrich import ops

@@ -147,6 +147,28 @@ def unavailable(what: str, exc: BaseException, attempts: int) -> SourceUnavailab
                                   "committed so far are safe, run the same command again later")
 
 
+class Retries:
+    """The retry policy of every remote read (listing, reading, downloading a shard): transient
+    errors (``is_transient``) are retried up to READ_RETRIES times with exponential backoff
+    (``retry_delay``); the first failure of a kind is one warning line, repeats of it are not;
+    what is left becomes :class:`SourceUnavailableError` naming ``what``."""
+
+    def __init__(self, what: str) -> None:
+        self.what, self.attempt, self.said = what, 0, ""
+
+    def wait(self, exc: BaseException) -> None:
+        """After a transient failure: sleep before the next try, or raise if none is left."""
+        self.attempt += 1
+        if self.attempt > READ_RETRIES:
+            raise unavailable(self.what, exc, self.attempt) from None
+        delay = retry_delay(exc, self.attempt)
+        text = f"{type(exc).__name__}: {one_line(str(exc))[:300]}"
+        if text != self.said:
+            log.warning("%s failed (%s); retrying, up to %d times", self.what, text, READ_RETRIES)
+            self.said = text
+        time.sleep(delay)
+
+
 HUB_PREFIX = "hf://datasets/"
 
 
@@ -281,20 +303,15 @@ def _opener_local(path: str) -> Callable[[], IO[bytes]]:
 def _listing(shown: str, list_once: Callable[[], _T]) -> _T:
     """``list_once()`` with transient errors retried (bounded backoff); what is left becomes
     SourceUnavailableError (exit 5), a source that does not exist SourceError (exit 2)."""
-    attempt = 0
+    retries = Retries(f"--source {shown!r}: listing shards")
     while True:
-        attempt += 1
         try:
             return list_once()
         except SourceError:
             raise
         except Exception as exc:  # noqa: BLE001 - sorted below: transient, missing, or unusable
             if is_transient(exc):
-                if attempt > READ_RETRIES:
-                    raise unavailable(f"--source {shown!r}: listing shards", exc, attempt) from None
-                delay = retry_delay(exc, attempt)
-                log.warning("listing %s failed (%s); retry %d in %.1fs", shown, exc, attempt, delay)
-                time.sleep(delay)
+                retries.wait(exc)
                 continue
             why = "not found" if is_missing(exc) else "cannot list shards"
             raise SourceError(f"--source {shown!r}: {why} ({type(exc).__name__}: "
@@ -305,6 +322,8 @@ def _list_fsspec(url: str, shown: str | None = None, image_column: str | None = 
     import fsspec
 
     shown = shown or url  # the spelling the user typed, for messages
+    if url.startswith("hf://"):
+        _probe_hub(shown)
 
     def list_once() -> tuple[object, list[str]]:
         if url.startswith("hf://"):
@@ -342,15 +361,62 @@ def _opener_fs(fs: Any, path: str) -> Callable[[], IO[bytes]]:
 _HUB_FORMATS = {"webdataset": "tar", "parquet": "parquet", "imagefolder": "image"}
 
 
+# How long the hub may take to answer "are you there" (name lookup, then a TCP connection) before
+# a run is refused: the hub client itself retries an unreachable host for minutes.
+HUB_PROBE_S = 5.0
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def _probe_hub(shown: str) -> None:
+    """Refuse at once, in one line, a hub that cannot be reached: its name does not resolve or
+    nothing listens (HF_ENDPOINT, default huggingface.co). Hub *errors* (5xx, 429, resets) are
+    left to the retries. Skipped behind a proxy, where the direct route proves nothing."""
+    import socket
+    import threading
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or any(os.environ.get(v) for v in _PROXY_VARS):
+        return
+    url = urlsplit(constants.ENDPOINT)
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    found: list[BaseException | None] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=HUB_PROBE_S).close()
+            found.append(None)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            found.append(exc)
+
+    # The name lookup has no timeout of its own: the probe runs in a thread that is not waited
+    # for beyond HUB_PROBE_S (twice: lookup, then connect).
+    t = threading.Thread(target=connect, daemon=True, name="enrich-hub-probe")
+    t.start()
+    t.join(2 * HUB_PROBE_S)
+    why = "no answer" if not found else None if found[0] is None else \
+        (f"{type(found[0]).__name__}: {one_line(str(found[0]))[:200]}")
+    if why is None:
+        return
+    local = "" if "://" in shown else f"no local folder {shown!r}; "
+    raise SourceUnavailableError(
+        f"--source {shown!r}: {local}the hub ({host}) could not be reached: {why} "
+        "(check the network, HF_ENDPOINT, or give a local path)")
+
+
 def _list_hub(repo: str, shown: str, image_column: str | None, subset: str | None,
               split: str | None) -> list[Shard]:
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise SourceError(f"--source {shown!r}: HF_HUB_OFFLINE is set, so the hub is not asked "
+                          "for the dataset's files")
+    _probe_hub(shown)
+
     def resolve_once() -> tuple[str, dict[str, list[str]]]:
         import datasets
-        from huggingface_hub import constants
 
-        if constants.HF_HUB_OFFLINE:
-            raise SourceError(f"--source {shown!r}: HF_HUB_OFFLINE is set, so the hub is not asked "
-                              "for the dataset's files")
         builder = datasets.load_dataset_builder(repo, name=subset)
         files = {str(k): [str(u) for u in v] for k, v in (builder.config.data_files or {}).items()}
         return type(builder).__module__.rsplit(".", 1)[-1], files
@@ -472,7 +538,7 @@ def iter_shard(shard: Shard, *, start: int = 0) -> Iterator[Sample]:
     one error marker (``Sample.error``) after the samples that could be read; transient read errors
     are retried by reopening and skipping ahead; if they persist, ``OSError`` propagates."""
     done = start
-    attempt = 0
+    retries = Retries(f"reading shard {shard.name}")
     rows = {"tar": lambda f: _group(_iter_members(f), shard.name),
             "parquet": lambda f: _parquet_rows(f, shard),
             "image": lambda f: _image_file(f, shard)}[shard.kind]
@@ -501,28 +567,19 @@ def iter_shard(shard: Shard, *, start: int = 0) -> Iterator[Sample]:
         except Exception as exc:
             if not is_transient(exc):
                 raise
-            attempt += 1
-            if attempt > READ_RETRIES:
-                raise unavailable(f"reading shard {shard.name}", exc, attempt) from None
-            delay = retry_delay(exc, attempt)
-            log.warning("reading %s failed (%s); retry %d in %.1fs", shard.name, exc, attempt, delay)
-            time.sleep(delay)
+            retries.wait(exc)
 
 
 def _download(shard: Shard) -> bytes:
-    for attempt in range(1, READ_RETRIES + 2):
+    retries = Retries(f"downloading shard {shard.name}")
+    while True:
         try:
             with shard.open() as fh:
                 return fh.read()
         except Exception as exc:
             if not is_transient(exc):
                 raise
-            if attempt > READ_RETRIES:
-                raise unavailable(f"downloading shard {shard.name}", exc, attempt) from None
-            delay = retry_delay(exc, attempt)
-            log.warning("downloading %s failed (%s); retry %d in %.1fs", shard.name, exc, attempt, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
+            retries.wait(exc)
 
 
 def _bytes_opener(data: bytes) -> Callable[[], IO[bytes]]:

@@ -74,6 +74,8 @@ def test_hub_down_is_exit_5_and_missing_dataset_exit_2(shards: Path, tmp_path: P
         assert res.returncode == 5, res.stderr[-2000:]
         line = res.stderr.strip().splitlines()[-1]
         assert "--source 'org/name'" in line and "still failing" in line and "Traceback" not in res.stderr
+        # one warning when the retries begin (not one per retry, not the hub client's own), the error
+        assert len(res.stderr.strip().splitlines()) <= 4, res.stderr
         assert not (tmp_path / "t").exists()
         hub.faults.down = False
         res = cli(*run_args(tmp_path, "org/nothing-here", 10, ray_address), env=hub_env(url))
@@ -81,3 +83,17 @@ def test_hub_down_is_exit_5_and_missing_dataset_exit_2(shards: Path, tmp_path: P
         line = res.stderr.strip().splitlines()[-1]
         assert "--source 'org/nothing-here': not found" in line and "Traceback" not in res.stderr
         assert not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize("endpoint,why", [("http://127.0.0.1:9", "Connection refused"),
+                                          ("https://enrich-no-such-host.invalid", "gaierror")])
+def test_unreachable_hub_is_one_line_at_once(tmp_path: Path, endpoint: str, why: str) -> None:
+    """A source that is neither a local path nor reachable on the hub: one line naming both, exit
+    5, before any retry (the hub client alone would retry for minutes) and before Ray starts."""
+    res = cli(*run_args(tmp_path, "data/imgs", 10, "")[:-2], env=hub_env(endpoint), timeout=60)
+    assert res.returncode == 5, res.stderr[-2000:]
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("enrich: error: --source 'data/imgs': no local folder 'data/imgs'; "
+                               "the hub (") and "could not be reached" in lines[0] and why in lines[0]
+    assert not (tmp_path / "t").exists()
