@@ -527,10 +527,34 @@ def _parquet_rows(fileobj: IO[bytes], shard: Shard) -> Iterator[Sample]:
             for cell in batch.column(0).to_pylist():
                 image, path = (cell.get("bytes"), cell.get("path")) if isinstance(cell, dict) else (cell, None)
                 ext = path.rsplit(".", 1)[-1].lower() if path and "." in path else None
-                yield Sample(shard.name, offset, path or f"{stem}/{offset}", image, ext)
+                error = None
+                if image is None:
+                    image, error = _image_by_path(shard, path)
+                yield Sample(shard.name, offset, path or f"{stem}/{offset}", image, ext, error=error)
                 offset += 1
     except (pa.ArrowException, ValueError) as exc:  # pyarrow's errors: the content is broken
         raise _Broken(exc, offset) from exc
+
+
+def _image_by_path(shard: Shard, path: str | None) -> tuple[bytes | None, str | None]:
+    """A parquet row whose image cell holds no bytes: ``datasets`` writes ``{bytes: None, path}``
+    for an ``Image`` column made from file paths. Read the file where the parquet is local (a
+    relative path from the parquet file's folder, as ``datasets`` resolves it); otherwise the
+    row is rejected with a reason that says so. A remote parquet's paths are not followed: they
+    name files on the machine that wrote it."""
+    column = f"parquet column {shard.column!r}"
+    if not path:
+        return None, f"no image: {column} is empty in this row"
+    if shard.remote:
+        return None, (f"image not in the parquet file: {column} holds only the path {path!r} (no "
+                      "bytes); embed the images when writing it (datasets: embed_external_files)")
+    full = os.path.join(os.path.dirname(shard.url), os.path.expanduser(path))
+    try:
+        with open(full, "rb") as f:
+            return f.read(), None
+    except OSError as exc:
+        return None, (f"image not in the parquet file and its path could not be read: {column} "
+                      f"holds only {path!r} ({type(exc).__name__}: {exc.strerror or exc})")
 
 
 def iter_shard(shard: Shard, *, start: int = 0) -> Iterator[Sample]:

@@ -149,3 +149,34 @@ def test_hub_spellings_name_one_dataset() -> None:
     assert "hf://datasets/org/name" in source_spellings("org/name")
     assert source_spellings("hf://datasets/org/name/sub/*.tar") == ["hf://datasets/org/name/sub/*.tar"]
     assert source_spellings("sample") == ["sample"]
+
+
+def test_parquet_image_cells_holding_paths_are_read_from_disk(tmp_path: Path) -> None:
+    """What `datasets` writes for an Image column made from file paths: {bytes: None, path}. A
+    local parquet's paths are read (relative ones from the parquet's folder); a path that cannot
+    be read, or a row with neither bytes nor path, is a row error worded for parquet."""
+    import dataclasses
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "a.jpg").write_bytes(b"relative bytes")
+    (tmp_path / "b.jpg").write_bytes(b"absolute bytes")
+    cells = [{"bytes": b"inline", "path": "x.jpg"}, {"bytes": None, "path": "imgs/a.jpg"},
+             {"bytes": None, "path": str(tmp_path / "b.jpg")}, {"bytes": None, "path": "imgs/gone.jpg"},
+             {"bytes": None, "path": None}]
+    kind = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    pq.write_table(pa.table({"image": pa.array(cells, kind)}), tmp_path / "data.parquet")
+    shard = list_shards(str(tmp_path / "data.parquet"))[0]
+    got = list(iter_shard(shard))
+    assert [(s.offset, s.image) for s in got[:3]] == [(0, b"inline"), (1, b"relative bytes"),
+                                                      (2, b"absolute bytes")]
+    assert all(s.error is None for s in got[:3])
+    assert got[3].image is None and got[3].error.startswith(
+        "image not in the parquet file and its path could not be read: parquet column 'image' holds "
+        "only 'imgs/gone.jpg' (FileNotFoundError")
+    assert got[4].image is None and got[4].error == "no image: parquet column 'image' is empty in this row"
+    # a parquet read from a remote store: its paths name files on the machine that wrote it
+    remote = list(iter_shard(dataclasses.replace(shard, remote=True)))
+    assert remote[1].image is None and "holds only the path 'imgs/a.jpg' (no bytes)" in remote[1].error
