@@ -40,7 +40,7 @@ from enrich.progress import Counts, Reporter
 from enrich.reader import CHUNK_ROWS, Chunk, Reader
 from enrich.sink import CaptionsTable
 from enrich.skip import SkipIndex
-from enrich.source import list_shards
+from enrich.source import Shard, list_shards
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +130,19 @@ def _configure_data_context() -> None:
     ctx.issue_detectors_config.detectors = []
 
 
+def _follow(plan: Plan, shards: list[Shard], table: CaptionsTable, warn: bool = False) -> Plan:
+    """The plan against the source as listed now: a source that grew after the last file read
+    is continued; files that appeared before it are named (once) and left alone."""
+    plan, unread = plan.follow([s.name for s in shards],
+                               lambda: table.shards_read(plan.source, plan.caption_config))
+    if unread and warn:
+        log.warning("%d file(s) of the source sort before %r, the last one read, and have no rows "
+                    "in the table (added after it was read?): they are not captioned, since numbering "
+                    "them would renumber the table; first: %s", len(unread),
+                    plan.progress.next_shard, ", ".join(unread[:3]))
+    return plan
+
+
 def run(cfg: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
     """Run the enricher to ``cfg.until``. Safe to kill at any moment and run again."""
     started = time.time()
@@ -138,11 +151,17 @@ def run(cfg: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
     reporter = reporter or Reporter(total=cfg.until)
     counts = Counts()
     plan = make_plan(cfg, table)
-    if plan.nothing_to_do:  # answered from the Delta log alone: no source listing, no Ray
+    if plan.nothing_to_do and not plan.progress.exhausted:
+        # --until is covered: answered from the Delta log alone, no source listing, no Ray
         reporter.start(plan)
         return RunResult(run_id, counts, 0, 0, time.time() - started, 0, "nothing to do", plan)
     shards = list_shards(cfg.source, image_column=cfg.image_column, subset=cfg.subset,
                          split=cfg.split)  # a bad source fails here, before anything is written
+    plan = _follow(plan, shards, table, warn=True)
+    if plan.nothing_to_do:  # exhausted, and no file after the last one read: still no Ray
+        reporter.start(plan)
+        return RunResult(run_id, counts, 0, 0, time.time() - started, 0,
+                         "nothing to do (source exhausted)", plan)
     from enrich.engines import make_engine
 
     journal = Journal(cfg, run_id, plan)
@@ -151,7 +170,8 @@ def run(cfg: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
     with table.lock(ttl_s=cfg.lock_ttl, run_id=run_id):
         _init_ray(cfg)
         engine.check_cluster()  # no GPU for the model: fail now, before anything is written
-        plan = make_plan(cfg, table)  # again under the lock: another run may have moved it
+        plan = _follow(make_plan(cfg, table), shards, table)  # again under the lock: another
+        # run may have moved it
         journal.plan = plan
         reporter.start(plan)
         if plan.nothing_to_do:

@@ -180,6 +180,11 @@ class CaptionsTable:
                       & (pc.field("status") == "captioned"))
         return t.column("image_hash")
 
+    def shards_read(self, source: str, caption_config: str) -> set[str]:
+        """The source files (``source_shard``) this stream has rows from."""
+        t = self.read(["source_shard"], self._key_filter(source, caption_config))
+        return set(pc.unique(t.column("source_shard")).to_pylist()) - {None}
+
     def failed_rows(self, source: str, caption_config: str) -> pa.Table:
         return self.read(["source_index", "source_shard", "source_offset", "source_key"],
                          self._key_filter(source, caption_config) & (pc.field("status") == "failed")

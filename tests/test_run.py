@@ -140,7 +140,7 @@ def test_until_far_beyond_the_source_covers_it_and_records_the_end(shards: Path,
     assert res.committed_rows == 120 and res.outcome == "completed"
     progress = CaptionsTable(str(tmp_path / "t")).progress(res.plan.app_id)
     assert progress.next_index == 120 and progress.exhausted
-    assert _run(_cfg(shards, tmp_path, 10**9)).outcome == "nothing to do"
+    assert _run(_cfg(shards, tmp_path, 10**9)).outcome == "nothing to do (source exhausted)"
 
 
 @pytest.mark.parametrize("first,second,legacy,kept", [
