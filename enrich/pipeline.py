@@ -61,13 +61,14 @@ class RunResult:
 # --------------------------------------------------------------------------------------------
 # The run.
 # --------------------------------------------------------------------------------------------
-def chunks_in_flight(cfg: RunConfig, cpus: float, engine_batches: int) -> int:
+def chunks_in_flight(cfg: RunConfig, cpus: float, engine_batches: int,
+                     chunk_rows: int = CHUNK_ROWS) -> int:
     """How many chunks may be between the reader and the committer: enough to keep every engine
     replica's queue full (``engine_batches`` batches in flight per replica) plus a prepare task
     on every CPU (twice over: one being prepared, one waiting for the engine)."""
     engine_rows = cfg.replicas * cfg.engine_batch_size * engine_batches
-    prepare_rows = max(MIN_ROWS_IN_FLIGHT, 2 * math.ceil(cpus) * CHUNK_ROWS)
-    return math.ceil((prepare_rows + engine_rows) / CHUNK_ROWS)
+    prepare_rows = max(MIN_ROWS_IN_FLIGHT, 2 * math.ceil(cpus) * chunk_rows)
+    return math.ceil((prepare_rows + engine_rows) / chunk_rows)
 
 
 def _init_ray(cfg: RunConfig) -> None:
@@ -218,9 +219,9 @@ def _execute(cfg: RunConfig, table: CaptionsTable, plan: Plan, engine: Engine, r
     _configure_data_context()
 
     retry_n = plan.failed_to_retry
-    # every chunk but the last of each stream holds at least CHUNK_ROWS source rows
-    n_chunks = math.ceil(retry_n / CHUNK_ROWS) + math.ceil(
-        max(0, cfg.until - plan.progress.next_index) / CHUNK_ROWS) + 2
+    # every chunk but the last of each stream holds reader.chunk_rows source rows
+    n_chunks = math.ceil(retry_n / reader.chunk_rows) + math.ceil(
+        max(0, cfg.until - plan.progress.next_index) / reader.chunk_rows) + 2
     per_block = max(1, math.ceil(n_chunks / MAX_RANGE_BLOCKS))
     feeder_name = f"enrich-feeder-{run_id}"
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -228,7 +229,7 @@ def _execute(cfg: RunConfig, table: CaptionsTable, plan: Plan, engine: Engine, r
     # The feeder lives on the driver's node: losing another node must not lose its chunks.
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     feeder = make_feeder_class().options(name=feeder_name, scheduling_strategy=here).remote(
-        chunks_in_flight(cfg, reader.parallel, engine.batches_in_flight))
+        chunks_in_flight(cfg, reader.parallel, engine.batches_in_flight, reader.chunk_rows))
     committer = Committer(cfg, table, plan, reader, run_id, counts)
     retry_indices = set(reader.retry_rows.column("source_index").to_pylist())
     held_lock = threading.Lock()

@@ -27,6 +27,15 @@ log = logging.getLogger(__name__)
 # photos). Ray Data costs the driver CPU per block, not per row: at 128 rows these per-block costs
 # were 0.39 ms of driver CPU per row, at 512 0.12 ms (benchmarks/driver.py, PERFORMANCE.md).
 CHUNK_ROWS = 512
+# A short run takes smaller chunks, so that its rows reach the engine and the table in several
+# steps rather than one or two at the end (a 1,000-row run: 96-row chunks, not 512).
+MIN_CHUNK_ROWS = 64
+CHUNKS_PER_SHORT_RUN = 8
+
+
+def chunk_rows_for(rows: int) -> int:
+    """Source rows per chunk for a run of ``rows`` rows (a multiple of 32)."""
+    return max(MIN_CHUNK_ROWS, min(CHUNK_ROWS, rows // CHUNKS_PER_SHORT_RUN // 32 * 32))
 IMAGE_FILES_PER_TASK = CHUNK_ROWS  # an image folder is one row per file: read many files per task
 # Before a shard has been read its size is unknown: a run this short reads one at a time, so
 # that `--until 100` on a hub dataset downloads one shard, not one per core.
@@ -73,12 +82,13 @@ class ReadJob:
     shards: tuple[Shard, ...]
     start: int = 0
     only: frozenset[int] | None = None  # retried rows: just these offsets of one shard
+    block_rows: int = CHUNK_ROWS
 
 
 def _read_job(job: ReadJob, limit: int | None) -> Iterator[pa.Table]:
     """Ray task body (a streaming generator): metadata, images, metadata, images..."""
     for meta, images in read_blocks(list(job.shards), start=job.start, only=job.only,
-                                    limit=limit, block_rows=CHUNK_ROWS):
+                                    limit=limit, block_rows=job.block_rows):
         yield meta
         yield images
 
@@ -122,6 +132,7 @@ class Reader:
         self.retry_rows = retry_rows
         self.parallel = max(1, parallel)
         self.meta: dict[int, RowMeta] = {}
+        self.chunk_rows = chunk_rows_for(max(0, until - start.next_index) + retry_rows.num_rows)
         self.exhausted = False
         self.rows_read = 0
         self.jobs_read = 0
@@ -172,7 +183,8 @@ class Reader:
         i = 0
         while i < len(shards):
             take = IMAGE_FILES_PER_TASK if shards[i].kind == "image" else 1
-            yield ReadJob(tuple(shards[i:i + take]), start if i == 0 else 0)
+            yield ReadJob(tuple(shards[i:i + take]), start if i == 0 else 0,
+                          block_rows=self.chunk_rows)
             i += take
 
     def _main_width(self) -> int:
@@ -195,8 +207,8 @@ class Reader:
             if name not in by_name:
                 log.warning("shard %s of %d failed rows is gone from the source", name,
                             len(wanted[name]))
-        jobs = iter([ReadJob((by_name[n],), only=frozenset(wanted[n])) for n in sorted(wanted)
-                     if n in by_name])
+        jobs = iter([ReadJob((by_name[n],), only=frozenset(wanted[n]), block_rows=self.chunk_rows)
+                     for n in sorted(wanted) if n in by_name])
         for meta, images_ref in self._blocks(jobs, lambda: self.parallel, None):
             names = meta.column("shard").to_pylist()
             offsets = meta.column("offset").to_pylist()
@@ -226,18 +238,18 @@ class Reader:
 
     # ---- decisions ---------------------------------------------------------------------------
     def chunks(self) -> Iterator[Chunk]:
-        """Chunks of CHUNK_ROWS source rows (fewer at the end of a stream; a block may be split
-        between two chunks), retried rows first, then the main stream."""
+        """Chunks of ``chunk_rows`` source rows (fewer at the end of a stream; a block may be
+        split between two chunks), retried rows first, then the main stream."""
         for kind, blocks in (("retry", self._retry_blocks()), ("main", self._main_blocks())):
             chunk = Chunk(kind)
             for index, meta, images_ref in blocks:
                 done = 0
                 while done < meta.num_rows:
-                    take = min(meta.num_rows - done, CHUNK_ROWS - chunk.source_rows)
+                    take = min(meta.num_rows - done, self.chunk_rows - chunk.source_rows)
                     self._decide(chunk, index[done:done + take], meta.slice(done, take),
                                  images_ref, done)
                     done += take
-                    if chunk.source_rows == CHUNK_ROWS:
+                    if chunk.source_rows == self.chunk_rows:
                         yield chunk
                         chunk = Chunk(kind)
             if chunk.source_rows:

@@ -174,3 +174,14 @@ def test_hub_id_spellings_are_one_stream(shards: Path, tmp_path: Path, monkeypat
     by_index = {r["source_index"]: (r["status"], r["image_hash"]) for r in rows}
     assert by_index == {r["source_index"]: (r["status"], r["image_hash"])
                         for r in read_table(str(tmp_path / "clean" / "t")).to_pylist()}
+
+
+def test_short_runs_take_smaller_chunks_so_commits_flow() -> None:
+    """A run's rows go to the engine and the table chunk by chunk: a short run is cut into
+    several chunks (at least 8 where a chunk keeps 64+ rows), a long one into CHUNK_ROWS."""
+    from enrich.reader import CHUNK_ROWS, chunk_rows_for
+
+    assert chunk_rows_for(1000) == 96 and 1000 / chunk_rows_for(1000) >= 8
+    assert chunk_rows_for(256) == 64 and chunk_rows_for(10) == 64
+    assert chunk_rows_for(10**6) == CHUNK_ROWS == 512
+    assert all(chunk_rows_for(n) % 32 == 0 for n in range(0, 10_000, 37))
