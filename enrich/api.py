@@ -36,9 +36,11 @@ def run(*, until: int, source: str | None = None, table: str | None = None,
     from enrich.progress import Reporter
 
     ours = not ray.is_initialized()
+    reporter = Reporter(total=cfg.until, quiet=not progress, stream=sys.stderr)
     try:
-        return run_pipeline(cfg, reporter=Reporter(total=cfg.until, quiet=not progress, stream=sys.stderr))
+        return run_pipeline(cfg, reporter=reporter)
     finally:
+        reporter.close()
         if ours and ray.is_initialized():
             ray.shutdown()
 

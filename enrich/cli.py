@@ -117,7 +117,10 @@ def _run_main(argv: Sequence[str]) -> int:
     from enrich.progress import Reporter
 
     reporter = Reporter(total=cfg.until, quiet=args.quiet)
-    result = run(cfg, reporter=reporter)
+    try:
+        result = run(cfg, reporter=reporter)
+    finally:
+        reporter.close()  # the live line ends before the summary or the error line
     if result.outcome.startswith("nothing to do"):
         print(f"enrich: nothing to do: the table already covers rows 0.."
               f"{result.plan.progress.next_index - 1} of {result.plan.source} under "

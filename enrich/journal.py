@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from enrich.progress import rate
+
 if TYPE_CHECKING:
     from enrich.config import RunConfig
     from enrich.plan import Plan
@@ -39,14 +41,14 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 
 
 class Journal:
-    def __init__(self, cfg: RunConfig, run_id: str, plan: Plan) -> None:
+    def __init__(self, cfg: RunConfig, run_id: str, plan: Plan, started: float | None = None) -> None:
         self.cfg = cfg
         self.run_id = run_id
         self.plan = plan
         self.dir = table_dir(cfg.checkpoint_dir, cfg.table) / "runs"
         self.path = self.dir / f"{run_id}.json"
         self.engine_dir = str(self.dir / f"{run_id}.engine")
-        self.started = time.time()
+        self.started = time.time() if started is None else started  # the run's start: one rate
 
     def engine_starts(self) -> int:
         try:
@@ -55,19 +57,21 @@ class Journal:
             return 0
 
     def write(self, outcome: str, counts: Counts, result: Any = None) -> None:
-        now = time.time()
+        # a finished run's seconds are its result's: summary, journal and status say one rate
+        seconds = result.seconds if result is not None else time.time() - self.started
+        now = self.started + seconds
         data = {
             "run_id": self.run_id,
             "outcome": outcome,
             "started_at": self.started,
             "ended_at": None if outcome == "running" else now,
-            "seconds": now - self.started,
+            "seconds": seconds,
             "config": self.cfg.public_dict(),
             "config_origins": dict(self.cfg.origins),
             "plan": self.plan.to_dict(),
             "counts": dict(counts.by_status),
             "rows": counts.total,
-            "rows_per_s": counts.total / (now - self.started) if now > self.started else 0.0,
+            "rows_per_s": rate(counts.total, seconds),
             "start_index": self.plan.progress.next_index,
             "end_index": None if result is None else self.plan.progress.next_index + result.committed_rows,
             "commits": None if result is None else result.commits,

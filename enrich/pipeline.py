@@ -36,7 +36,7 @@ from enrich.engines.base import Engine
 from enrich.feeder import MAX_RANGE_BLOCKS, FetchChunks, make_feeder_class
 from enrich.journal import Journal
 from enrich.plan import Plan, make_plan
-from enrich.progress import Counts, Reporter
+from enrich.progress import Counts, Flow, Reporter
 from enrich.reader import CHUNK_ROWS, Chunk, Reader
 from enrich.sink import CaptionsTable
 from enrich.skip import SkipIndex
@@ -165,16 +165,21 @@ def run(cfg: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
                          "nothing to do (source exhausted)", plan)
     from enrich.engines import make_engine
 
-    journal = Journal(cfg, run_id, plan)
+    journal = Journal(cfg, run_id, plan, started=started)
     engine = make_engine(cfg, starts_dir=journal.engine_dir)
+    flow = Flow()
     # before Ray starts: a table in use is answered at once
     with table.lock(ttl_s=cfg.lock_ttl, run_id=run_id):
+        reporter.start(plan, started)
+        reporter.running(flow)  # the live line from here on, whatever Ray takes to start
+        reporter.update(counts, phase="starting Ray")
         _init_ray(cfg)
         engine.check_cluster()  # no GPU for the model: fail now, before anything is written
         plan = _follow(make_plan(cfg, table), shards, table)  # again under the lock: another
         # run may have moved it
         journal.plan = plan
-        reporter.start(plan)
+        reporter.total = plan.rows_to_do + plan.failed_to_retry
+        reporter.update(counts, phase="starting the engine")
         if plan.nothing_to_do:
             return RunResult(run_id, counts, 0, 0, time.time() - started, 0, "nothing to do", plan)
         skip = SkipIndex.from_arrow(table.captioned_hashes(plan.caption_config))
@@ -196,7 +201,7 @@ def run(cfg: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
             return result
         try:
             result = _execute(cfg, table, plan, engine, reader, first, chunks, run_id, counts,
-                              reporter, journal, started)
+                              reporter, flow, journal, started)
         except KeyboardInterrupt:
             journal.write("interrupted", counts)
             raise
@@ -209,7 +214,7 @@ def run(cfg: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
 
 def _execute(cfg: RunConfig, table: CaptionsTable, plan: Plan, engine: Engine, reader: Reader,
              first: Chunk, chunks: Iterator[Chunk],
-             run_id: str, counts: Counts, reporter: Reporter, journal: Journal,
+             run_id: str, counts: Counts, reporter: Reporter, flow: Flow, journal: Journal,
              started: float) -> RunResult:
     import ray
     import ray.data
@@ -249,8 +254,10 @@ def _execute(cfg: RunConfig, table: CaptionsTable, plan: Plan, engine: Engine, r
                     pending_dups.append((item.kind, item.dups))
                     sent.append((j, rows.num_rows))
                 ray.get(feeder.put.remote(j, [item.parts, rows]))
+                flow.read += item.source_rows
                 j += 1
                 item = next(chunks, None)
+            flow.exhausted = reader.exhausted
             ray.get(feeder.finish.remote(j))
         except BaseException as exc:  # noqa: BLE001 - handed to the driver thread below
             reader_error.append(exc)
@@ -287,15 +294,17 @@ def _execute(cfg: RunConfig, table: CaptionsTable, plan: Plan, engine: Engine, r
             if done_chunk is not None:
                 feeder.release.remote(done_chunk)
             committer.maybe_commit()
-            reporter.update(counts, plan.progress.next_index + counts.total)
+            flow.committed = committer.committed
+            reporter.update(counts)
         thread.join()
         if reader_error:
             raise reader_error[0]
         drain(pending_dups, held_lock, committer)
         committer.maybe_commit(final=True)
+        flow.committed = committer.committed
     finally:
         ray.kill(feeder)
-    reporter.update(counts, committer.next_index)
+    reporter.update(counts, phase="done")
     starts = journal.engine_starts()
     return RunResult(run_id, counts, committer.committed, committer.commits,
                      time.time() - started, starts, "completed", plan)

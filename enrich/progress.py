@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
@@ -29,8 +30,25 @@ class Counts:
         return " ".join(f"{k}={v}" for k, v in self.by_status.items())
 
 
+@dataclass
+class Flow:
+    """Where the rows of a run are, as the pipeline knows it (read by the reporter's ticker)."""
+
+    read: int = 0  # source rows the reader has numbered and handed to Ray
+    committed: int = 0  # rows committed by this run
+    exhausted: bool = False  # the reader reached the end of the source
+
+
+def rate(rows: int, seconds: float) -> float:
+    """The one rate a run reports (progress line, summary, journal, ``status``): rows finished
+    (any status) per second of wall time since the run started, start-up included."""
+    return rows / seconds if seconds > 0 else 0.0
+
+
 class Reporter:
-    """Shows a run's progress toward ``--until``. ``quiet`` prints only the summary."""
+    """Shows a run's progress: on a terminal a live line (tqdm) from the start, redrawn twice a
+    second whether or not rows arrive; otherwise a plain line every ``every_s`` seconds.
+    ``quiet`` prints only the summary."""
 
     def __init__(self, total: int, *, stream: IO[str] | None = None, quiet: bool = False,
                  every_s: float = 10.0) -> None:
@@ -38,53 +56,93 @@ class Reporter:
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.quiet = quiet
-        self.every_s = 0.2 if self.tty else every_s
-        self.t0 = time.monotonic()
-        self.last = 0.0
-        self.start_done = 0
+        self.every_s = 0.5 if self.tty else every_s
+        self.t0 = time.time()
+        self.counts = Counts()
+        self.flow = Flow()
+        self.phase = "starting"
+        self._bar: Any = None
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
 
-    def start(self, plan: Plan) -> None:
-        self.start_done = plan.progress.next_index
-        self.t0 = time.monotonic()
-        if not self.quiet:
-            self._line(f"enrich: {plan.source} -> {plan.table} [{plan.caption_config}] "
-                       f"rows done {plan.progress.next_index:,}, to do {plan.rows_to_do:,}"
-                       + (f", failed to retry {plan.failed_to_retry:,}" if plan.failed_to_retry else ""),
-                       final=True)
-
-    def update(self, counts: Counts, done: int) -> None:
-        now = time.monotonic()
-        if self.quiet or now - self.last < self.every_s:
+    def start(self, plan: Plan, started: float | None = None) -> None:
+        """The run's plan is known (``started``: when the run began, for the one rate)."""
+        if started is not None:
+            self.t0 = started
+        self.total = plan.rows_to_do + plan.failed_to_retry
+        if self.quiet:
             return
-        self.last = now
-        elapsed = max(now - self.t0, 1e-6)
-        rate = counts.total / elapsed
-        left = max(0, self.total - done)
-        eta = f"{left / rate:,.0f}s" if rate > 0 else "?"
-        if self.tty:
-            width = 24
-            filled = int(width * min(1.0, done / self.total)) if self.total else width
-            bar = "#" * filled + "." * (width - filled)
-            self._line(f"[{bar}] {done:,}/{self.total:,} {rate:,.1f} rows/s "
-                       f"{counts.brief()} ETA {eta}")
-        else:
-            self._line(f"progress {done:,}/{self.total:,} rows, {rate:,.1f} rows/s, "
-                       f"{counts.brief()}, ETA {eta}", final=True)
+        self._write(f"enrich: {plan.source} -> {plan.table} [{plan.caption_config}] "
+                    f"rows done {plan.progress.next_index:,}, to do {plan.rows_to_do:,}"
+                    + (f", failed to retry {plan.failed_to_retry:,}" if plan.failed_to_retry else "")
+                    + "\n")
 
-    def _line(self, text: str, final: bool = False) -> None:
+    def running(self, flow: Flow) -> None:
+        """Rows are about to flow: show the live line until :meth:`close`."""
+        self.flow = flow
+        if self.quiet or self._ticker is not None:
+            return
         if self.tty:
-            self.stream.write("\r\x1b[K" + text + ("\n" if final else ""))
-        else:
-            self.stream.write(text + "\n")
+            from tqdm import tqdm
+
+            # tqdm draws the line; the text (one rate, ETA against what will really be done) is ours
+            self._bar = tqdm(total=self.total, file=self.stream, dynamic_ncols=True, leave=False,
+                             bar_format="{bar:20} {desc}")
+        self._ticker = threading.Thread(target=self._tick, name="enrich-progress", daemon=True)
+        self._ticker.start()
+
+    def update(self, counts: Counts, done: int | None = None, phase: str = "captioning") -> None:
+        self.counts, self.phase = counts, phase
+
+    def line(self) -> str:
+        done = self.counts.total
+        seconds = time.time() - self.t0
+        r = rate(done, seconds)
+        total = min(self.total, self.flow.read) if self.flow.exhausted else self.total
+        left = max(0, total - done)
+        eta = ("done" if not left else f"ETA {_clock(left / r)}" if r > 0 else "ETA ?")
+        return (f"{done:,}/{total:,} rows ({self.phase}), {r:,.1f} rows/s, "
+                f"read {self.flow.read:,}, committed {self.flow.committed:,}, "
+                f"{self.counts.brief()}, {_clock(seconds)} elapsed, {eta}")
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.every_s):
+            text = self.line()
+            if self._bar is not None:
+                self._bar.total = max(1, min(self.total, self.flow.read) if self.flow.exhausted
+                                      else self.total)
+                self._bar.n = self.counts.total
+                self._bar.set_description_str(text, refresh=False)
+                self._bar.refresh()
+            else:
+                self._write(f"progress {text}\n")
+
+    def close(self) -> None:
+        """Stop the live line (before the summary or an error line)."""
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join()
+            self._ticker = None
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def _write(self, text: str) -> None:
+        self.stream.write(text)
         self.stream.flush()
 
     def summary(self, result: Any) -> None:
-        if self.tty:
-            self.stream.write("\r\x1b[K")
-        rate = result.counts.total / result.seconds if result.seconds else 0.0
+        self.close()
         self.stream.write(
             f"enrich: {result.outcome}: {result.counts.total:,} rows in {result.seconds:,.1f}s "
-            f"({rate:,.1f} rows/s; {result.counts.brief()}); {result.commits} commits; "
+            f"({rate(result.counts.total, result.seconds):,.1f} rows/s; {result.counts.brief()}); "
+            f"{result.commits} commits; "
             f"table now covers rows 0..{result.plan.progress.next_index + result.committed_rows - 1}"
             f" of {result.plan.source}; run {result.run_id}\n")
         self.stream.flush()
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
+        else f"{seconds // 60}:{seconds % 60:02d}"
