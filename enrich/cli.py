@@ -36,6 +36,9 @@ def build_run_parser() -> argparse.ArgumentParser:
     g.add_argument("--image-column", metavar="NAME",
                    help="parquet sources: the image column ({bytes, path} struct or binary; "
                    "default: found from the schema)")
+    g.add_argument("--text-column", metavar="NAME",
+                   help="parquet sources: the column whose text goes to source_text (default: a "
+                   "string column named caption, text or txt, if any)")
     g.add_argument("--subset", metavar="NAME",
                    help="hub datasets: the subset (the `datasets` config name; default: as "
                    "`datasets` picks, e.g. the only one)")

@@ -63,6 +63,7 @@ class Committer:
             "num_generated_tokens": r.get("num_generated_tokens"),
             "caption_truncated": r.get("caption_truncated"), "run_id": self.run_id,
             "enricher_version": self.version, "created_at": datetime.now(timezone.utc),
+            "source_text": meta.text,
         }
 
     def _release_held(self, below: int | None) -> None:

@@ -95,6 +95,7 @@ class RunConfig:
     until: int
     source: str = DEFAULT_SOURCE
     image_column: str | None = None  # parquet sources: the image column (default: found from the schema)
+    text_column: str | None = None  # parquet sources: the text column for source_text (default: found)
     subset: str | None = None  # hub datasets: the subset (a `datasets` config name); default as `datasets` picks
     split: str | None = None  # hub datasets: the split; default "train", or the only one
     table: str = "./captions"

@@ -156,7 +156,8 @@ def run(cfg: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
         # --until is covered: answered from the Delta log alone, no source listing, no Ray
         reporter.start(plan)
         return RunResult(run_id, counts, 0, 0, time.time() - started, 0, "nothing to do", plan)
-    shards = list_shards(cfg.source, image_column=cfg.image_column, subset=cfg.subset,
+    shards = list_shards(cfg.source, image_column=cfg.image_column, text_column=cfg.text_column,
+                         subset=cfg.subset,
                          split=cfg.split)  # a bad source fails here, before anything is written
     plan = _follow(plan, shards, table, warn=True)
     if plan.nothing_to_do:  # exhausted, and no file after the last one read: still no Ray

@@ -63,6 +63,7 @@ class RowMeta(NamedTuple):
     offset: int
     key: str
     image_hash: str | None
+    text: str | None  # the source's own text (source_text)
 
 
 @dataclass
@@ -273,7 +274,8 @@ class Reader:
         hash_list = hashes.to_pylist()
         self.meta.update(zip(index.tolist(), map(RowMeta._make, zip(
             meta.column("shard").to_pylist(), meta.column("offset").to_pylist(),
-            meta.column("key").to_pylist(), hash_list, strict=True)), strict=True))
+            meta.column("key").to_pylist(), hash_list, meta.column("text").to_pylist(),
+            strict=True)), strict=True))
         for i in np.flatnonzero(dup).tolist():
             chunk.dups.append({"source_index": int(index[i]), "status": "duplicate",
                                "image_hash": hash_list[i],

@@ -99,7 +99,13 @@ class CaptionsTable:
         self.uri = uri
         self.storage_options = storage_options or {}
         self._lease: Any = None  # the run lease while lock() holds one (object stores)
+        self._grow: list[str] = []  # columns of the schema the table does not have yet
         self._check()
+
+    def _merge(self) -> dict[str, Any]:
+        """Write arguments: a table that lacks columns of the schema gains them in the write
+        (delta-rs's schema merge; a retried write merges again, which is harmless)."""
+        return {"schema_mode": "merge"} if self._grow else {}
 
     # -- opening -----------------------------------------------------------------------------
     def _check(self) -> None:
@@ -116,9 +122,13 @@ class CaptionsTable:
         if dt is None:
             return
         have = pa.schema(dt.schema().to_arrow())
-        if not _same_columns(have, CAPTIONS):
+        problem = _schema_problem(have, CAPTIONS)
+        if problem:
             raise TableError(f"--table {self.uri!r} is a Delta table with another schema "
-                             f"({_describe_diff(have, CAPTIONS)}); enrich writes only captions tables")
+                             f"({problem}); enrich writes only captions tables")
+        # Columns added to the schema since the table was written (nullable, at the end): the
+        # next write adds them (old rows read as null), in the same commit as its rows.
+        self._grow = [n for n in CAPTIONS.names if n not in have.names]
 
     def _delta(self) -> Any:
         from deltalake import DeltaTable
@@ -228,10 +238,11 @@ class CaptionsTable:
 
         def write() -> None:
             write_deltalake(self.uri, rows, mode="append", commit_properties=props,
-                            storage_options=self.storage_options or None)
+                            storage_options=self.storage_options or None, **self._merge())
 
         retry(write, what=f"commit of rows {expect_from}..{progress.next_index - 1}",
               before_retry=landed)
+        self._grow = []  # the table has every column now
         return True
 
     def replace_failed(self, rows: pa.Table, *, source: str, caption_config: str,
@@ -250,9 +261,10 @@ class CaptionsTable:
         def write() -> None:
             write_deltalake(self.uri, rows, mode="overwrite", predicate=predicate,
                             commit_properties=CommitProperties(custom_metadata=metadata),
-                            storage_options=self.storage_options or None)
+                            storage_options=self.storage_options or None, **self._merge())
 
         retry(write, what=f"replacing {rows.num_rows} retried rows")
+        self._grow = []
 
     @contextmanager
     def lock(self, *, wait: bool = False, ttl_s: float = DEFAULT_TTL_S, run_id: str = "") -> Iterator[None]:
@@ -307,17 +319,20 @@ def _kind(t: pa.DataType) -> object:
     return "timestamp" if pa.types.is_timestamp(t) else t
 
 
-def _same_columns(have: pa.Schema, want: pa.Schema) -> bool:
-    return have.names == want.names and all(
-        _kind(a.type) == _kind(b.type) for a, b in zip(have, want, strict=True))
-
-
-def _describe_diff(have: pa.Schema, want: pa.Schema) -> str:
-    missing = [n for n in want.names if n not in have.names]
+def _schema_problem(have: pa.Schema, want: pa.Schema) -> str | None:
+    """Why a table's columns cannot be written as ``want``, or None. The schema may only grow:
+    a table may lack columns that ``want`` adds at its end as nullable (they are added on the
+    next write); a column removed, renamed, retyped or out of order is refused, named."""
     extra = [n for n in have.names if n not in want.names]
-    parts = []
-    if missing:
-        parts.append("missing " + ", ".join(missing))
     if extra:
-        parts.append("unexpected " + ", ".join(extra))
-    return "; ".join(parts) or "column types differ"
+        return "columns enrich does not write (removed or renamed?): " + ", ".join(extra)
+    retyped = [a.name for a in have if _kind(a.type) != _kind(want.field(a.name).type)]
+    if retyped:
+        return "columns of another type: " + ", ".join(
+            f"{n} ({have.field(n).type}, enrich writes {want.field(n).type})" for n in retyped)
+    if have.names != want.names[:len(have.names)]:
+        return "columns in another order than enrich's"
+    required = [f.name for f in want if f.name not in have.names and not f.nullable]
+    if required:
+        return "missing required columns: " + ", ".join(required)
+    return None

@@ -47,6 +47,7 @@ class Shard:
     remote: bool = False  # on an object store or the hub: a read task downloads it whole
     kind: str = "tar"  # "tar" (webdataset), "parquet" (a file of rows) or "image" (one image file)
     column: str | None = None  # parquet: the image column
+    text_column: str | None = None  # parquet: the text column (source_text), if any
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class Sample:
     image: bytes | None
     image_ext: str | None
     error: str | None = None
+    text: str | None = None  # the source's own text for the image (source_text)
 
     @property
     def image_hash(self) -> str | None:
@@ -212,7 +214,8 @@ def split_stream(stream: str) -> tuple[str, str | None, str | None]:
 
 
 def list_shards(source: str, *, sample_dir: str | None = None, image_column: str | None = None,
-                subset: str | None = None, split: str | None = None) -> list[Shard]:
+                subset: str | None = None, split: str | None = None,
+                text_column: str | None = None) -> list[Shard]:
     """The shards of ``source`` in canonical (name) order. Raises :class:`SourceError`."""
     if (subset or split) and not is_hub_dataset(source):
         raise SourceError(f"--subset/--split choose among a hub dataset's files; --source {source!r} "
@@ -220,14 +223,16 @@ def list_shards(source: str, *, sample_dir: str | None = None, image_column: str
     if source == "sample":
         from enrich.sample import ensure_sample
 
-        return list_shards(str(ensure_sample(sample_dir)), image_column=image_column)
+        return list_shards(str(ensure_sample(sample_dir)), image_column=image_column,
+                           text_column=text_column)
     if is_hub_dataset(source):
-        return _list_hub(source_spellings(source)[0], source, image_column, subset, split)
+        return _list_hub(source_spellings(source)[0], source, image_column, subset, split,
+                         text_column)
     if _is_hub_id(source) or source.startswith("hf://"):
         return _list_fsspec(source if source.startswith("hf://") else f"hf://datasets/{source}",
-                            shown=source, image_column=image_column)
+                            shown=source, image_column=image_column, text_column=text_column)
     if "://" in source:
-        return _list_fsspec(source, image_column=image_column)
+        return _list_fsspec(source, image_column=image_column, text_column=text_column)
     source = os.path.expanduser(source)
     if looks_like_path(source) and not _is_glob(source) and not os.path.exists(source):
         raise SourceError(f"--source {source!r}: no such file or folder")
@@ -248,7 +253,8 @@ def list_shards(source: str, *, sample_dir: str | None = None, image_column: str
         return [Shard(n, p, _opener_local(p), kind="image") for n, p in order]
     paths.sort(key=lambda p: (os.path.basename(p), p))
     shards = [Shard(os.path.basename(p), p, _opener_local(p), kind=kind) for p in paths]
-    return _with_image_column(shards, image_column, source) if kind == "parquet" else shards
+    return _with_image_column(shards, image_column, source, text_column) if kind == "parquet" \
+        else shards
 
 
 def _pick_format(paths: list[str]) -> tuple[str, list[str]]:
@@ -275,8 +281,20 @@ def image_column_of(schema: pa.Schema, wanted: str | None) -> str | None:
     return (named or binary or [None])[0]
 
 
-def _with_image_column(shards: list[Shard], wanted: str | None, source: str) -> list[Shard]:
-    """Find the image column once, from the first file's schema (all files of a split share it)."""
+def text_column_of(schema: pa.Schema, wanted: str | None) -> str | None:
+    """The text column of a parquet schema (source_text): ``wanted``, else the first string
+    column named caption, text or txt (in that order of preference), else none."""
+    if wanted:
+        return wanted if wanted in schema.names else None
+    strings = {f.name.lower(): f.name for f in schema
+               if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)}
+    return next((strings[n] for n in TEXT_FIELDS if n in strings), None)
+
+
+def _with_image_column(shards: list[Shard], wanted: str | None, source: str,
+                       text_wanted: str | None = None) -> list[Shard]:
+    """Find the image and text columns once, from the first file's schema (all files of a split
+    share it)."""
     import pyarrow.parquet as pq
 
     try:
@@ -290,7 +308,11 @@ def _with_image_column(shards: list[Shard], wanted: str | None, source: str) -> 
         what = f"no column {wanted!r}" if wanted else "no image column (a {bytes, path} struct or binary)"
         raise SourceError(f"--source {source!r}: {what} in {shards[0].name}; columns: "
                           f"{', '.join(schema.names)} (choose one with --image-column)")
-    return [dataclasses.replace(s, column=column) for s in shards]
+    text = text_column_of(schema, text_wanted)
+    if text_wanted and text is None:
+        raise SourceError(f"--source {source!r}: no column {text_wanted!r} in {shards[0].name}; "
+                          f"columns: {', '.join(schema.names)} (--text-column)")
+    return [dataclasses.replace(s, column=column, text_column=text) for s in shards]
 
 
 def _opener_local(path: str) -> Callable[[], IO[bytes]]:
@@ -318,7 +340,8 @@ def _listing(shown: str, list_once: Callable[[], _T]) -> _T:
                               f"{one_line(str(exc))[:300]})") from None
 
 
-def _list_fsspec(url: str, shown: str | None = None, image_column: str | None = None) -> list[Shard]:
+def _list_fsspec(url: str, shown: str | None = None, image_column: str | None = None,
+                 text_column: str | None = None) -> list[Shard]:
     import fsspec
 
     shown = shown or url  # the spelling the user typed, for messages
@@ -347,7 +370,8 @@ def _list_fsspec(url: str, shown: str | None = None, image_column: str | None = 
 
     kind = "parquet" if paths[0].endswith(".parquet") else "tar"
     shards = [Shard(PurePosixPath(p).name, p, _opener_fs(fs, p), remote=True, kind=kind) for p in paths]
-    return _with_image_column(shards, image_column, shown) if kind == "parquet" else shards
+    return _with_image_column(shards, image_column, shown, text_column) if kind == "parquet" \
+        else shards
 
 
 def _opener_fs(fs: Any, path: str) -> Callable[[], IO[bytes]]:
@@ -406,7 +430,7 @@ def _probe_hub(shown: str) -> None:
 
 
 def _list_hub(repo: str, shown: str, image_column: str | None, subset: str | None,
-              split: str | None) -> list[Shard]:
+              split: str | None, text_column: str | None = None) -> list[Shard]:
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
@@ -447,7 +471,8 @@ def _list_hub(repo: str, shown: str, image_column: str | None, subset: str | Non
     paths = [u.removeprefix("hf://") for u in urls]  # HfFileSystem paths
     shards = sorted((Shard(name(u), p, _opener_fs(fs, p), remote=True, kind=kind)
                      for u, p in zip(urls, paths, strict=True)), key=lambda s: (s.name, s.url))
-    return _with_image_column(shards, image_column, shown) if kind == "parquet" else shards
+    return _with_image_column(shards, image_column, shown, text_column) if kind == "parquet" \
+        else shards
 
 
 def _split_name(name: str) -> tuple[str, str]:
@@ -482,26 +507,53 @@ def _group(members: Iterator[tuple[str, str, bytes]], shard: str) -> Iterator[Sa
     key: str | None = None
     image: bytes | None = None
     image_ext: str | None = None
+    text: str | None = None
+    json_text: str | None = None
     try:
         for mkey, ext, data in members:
             new_image_same_key = mkey == key and ext in IMAGE_EXTS and image is not None
             if key is not None and (mkey != key or new_image_same_key):
                 # A new key, or the same key again with a second image: a new sample, never a
                 # silent overwrite.
-                yield Sample(shard, offset, key, image, image_ext)
+                yield Sample(shard, offset, key, image, image_ext, text=_or(text, json_text))
                 offset += 1
-                image, image_ext = None, None
+                image, image_ext, text, json_text = None, None, None, None
             key = mkey
             if ext in IMAGE_EXTS and image is None:
                 image, image_ext = data, ext
+            elif ext == "txt" and text is None:
+                text = data.decode("utf-8", errors="replace")
+            elif ext == "json" and json_text is None:
+                json_text = _json_text(data)
     except (tarfile.ReadError, EOFError) as exc:
         # The members read before the break are intact: hand them out, then report the break.
         if key is not None and image is not None:
-            yield Sample(shard, offset, key, image, image_ext)
+            yield Sample(shard, offset, key, image, image_ext, text=_or(text, json_text))
             offset += 1
         raise _Broken(exc, offset) from exc
     if key is not None:
-        yield Sample(shard, offset, key, image, image_ext)
+        yield Sample(shard, offset, key, image, image_ext, text=_or(text, json_text))
+
+
+def _or(text: str | None, json_text: str | None) -> str | None:
+    return text if text is not None else json_text
+
+
+TEXT_FIELDS = ("caption", "text", "txt")  # a sample's .json fields, and parquet column names
+
+
+def _json_text(data: bytes) -> str | None:
+    """The caption (or text) field of a webdataset sample's .json, if it has one."""
+    import json
+
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    value = next((doc[f] for f in TEXT_FIELDS if isinstance(doc.get(f), str)), None)
+    return value
 
 
 def _image_file(fileobj: IO[bytes], shard: Shard) -> Iterator[Sample]:
@@ -522,15 +574,18 @@ def _parquet_rows(fileobj: IO[bytes], shard: Shard) -> Iterator[Sample]:
         pf = pq.ParquetFile(fileobj)
         if shard.column not in pf.schema_arrow.names:
             raise ValueError(f"no column {shard.column!r}")
-        batches = pf.iter_batches(columns=[shard.column], batch_size=256)
+        texts = shard.text_column if shard.text_column in pf.schema_arrow.names else None
+        batches = pf.iter_batches(columns=[shard.column, *([texts] if texts else [])], batch_size=256)
         for batch in batches:
-            for cell in batch.column(0).to_pylist():
+            text_cells = batch.column(1).to_pylist() if texts else [None] * batch.num_rows
+            for cell, text in zip(batch.column(0).to_pylist(), text_cells, strict=True):
                 image, path = (cell.get("bytes"), cell.get("path")) if isinstance(cell, dict) else (cell, None)
                 ext = path.rsplit(".", 1)[-1].lower() if path and "." in path else None
                 error = None
                 if image is None:
                     image, error = _image_by_path(shard, path)
-                yield Sample(shard.name, offset, path or f"{stem}/{offset}", image, ext, error=error)
+                yield Sample(shard.name, offset, path or f"{stem}/{offset}", image, ext, error=error,
+                             text=text if isinstance(text, str) else None)
                 offset += 1
     except (pa.ArrowException, ValueError) as exc:  # pyarrow's errors: the content is broken
         raise _Broken(exc, offset) from exc
@@ -622,6 +677,7 @@ META_SCHEMA = pa.schema([
     pa.field("image_hash", pa.string()),  # sha256 hex; null: no image
     pa.field("hash16", pa.binary(PREFIX)),  # its first bytes (the skip index's key); zeros if null
     pa.field("error", pa.string()),  # a shard-level error marker
+    pa.field("text", pa.string()),  # the source's own text (source_text)
 ])
 IMAGES_SCHEMA = pa.schema([pa.field("image", pa.binary())])
 _NO_HASH = bytes(PREFIX)
@@ -636,6 +692,7 @@ def _block(samples: list[Sample]) -> tuple[pa.Table, pa.Table]:
         "image_hash": pa.array([d.hex() if d else None for d in digests], pa.string()),
         "hash16": pa.array([d[:PREFIX] if d else _NO_HASH for d in digests], pa.binary(PREFIX)),
         "error": pa.array([s.error for s in samples], pa.string()),
+        "text": pa.array([s.text for s in samples], pa.string()),
     }, schema=META_SCHEMA)
     return meta, pa.table({"image": pa.array([s.image for s in samples], pa.binary())},
                           schema=IMAGES_SCHEMA)

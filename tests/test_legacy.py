@@ -34,7 +34,18 @@ def clean(shards: Path, ray_address: str, tmp_path_factory: pytest.TempPathFacto
         res = cli(*args(work / name, work / "ck", source, 90, ray_address))
         assert res.returncode == 0, res.stderr[-2000:]
         out[name] = outcome(str(work / name))
+        clean_tables[name] = work / name
     return out
+
+
+clean_tables: dict[str, Path] = {}  # the clean fixture's tables, by name
+
+
+def pq_columns(table: Path) -> list[str]:
+    """The columns of a table as its files hold them (not as today's code would read them)."""
+    import pyarrow.parquet as pq
+
+    return pq.read_schema(next(table.glob("*.parquet"))).names
 
 
 @pytest.mark.parametrize(("table", "typed", "kept"), [
@@ -60,4 +71,16 @@ def test_release_table_resumes_exactly(table: str, typed: str, kept: str, shards
     assert {i: after[i] for i in before} == before  # the release's rows untouched
     want = clean["sample" if table == "sample" else "hub"]
     assert {i: v[:2] for i, v in after.items()} == {i: v[:2] for i, v in want.items()}
-    assert set(read_table(str(t)).column("source").to_pylist()) == {kept}
+    rows = read_table(str(t))
+    assert set(rows.column("source").to_pylist()) == {kept}
+    # the schema grew: the release's rows read source_text as null, today's carry the source's
+    # text (the sample's and these shards' .txt members), as a fresh table's do
+    assert "source_text" not in pq_columns(LEGACY / table) and "source_text" in rows.column_names
+    text = dict(zip(rows.column("source_index").to_pylist(), rows.column("source_text").to_pylist(),
+                    strict=True))
+    assert all(text[i] is None for i in before)
+    fresh = read_table(str(clean_tables["sample" if table == "sample" else "hub"]))
+    want_text = dict(zip(fresh.column("source_index").to_pylist(),
+                         fresh.column("source_text").to_pylist(), strict=True))
+    assert {i: text[i] for i in range(45, 90)} == {i: want_text[i] for i in range(45, 90)}
+    assert any(want_text[i] for i in range(45, 90))

@@ -116,6 +116,24 @@ def test_table_with_another_schema_is_refused(tmp_path: Path) -> None:
         CaptionsTable(str(tmp_path / "plain"))
 
 
+def test_the_schema_only_grows(tmp_path: Path) -> None:
+    """A table may lack columns added since it was written (nullable, at the end: the next
+    write adds them); a column removed, renamed or retyped is refused, named."""
+    from enrich.schemas import CAPTIONS
+
+    base = CAPTIONS.remove(CAPTIONS.get_field_index("source_text"))
+    write_deltalake(str(tmp_path / "old"), base.empty_table())
+    assert CaptionsTable(str(tmp_path / "old"))._grow == ["source_text"]
+    renamed = base.set(base.get_field_index("caption"), pa.field("text", pa.string()))
+    write_deltalake(str(tmp_path / "renamed"), renamed.empty_table())
+    with pytest.raises(TableError, match=r"columns enrich does not write \(removed or renamed\?\): text"):
+        CaptionsTable(str(tmp_path / "renamed"))
+    retyped = CAPTIONS.set(CAPTIONS.get_field_index("source_offset"), pa.field("source_offset", pa.string()))
+    write_deltalake(str(tmp_path / "retyped"), retyped.empty_table())
+    with pytest.raises(TableError, match="columns of another type: source_offset"):
+        CaptionsTable(str(tmp_path / "retyped"))
+
+
 def test_a_retried_commit_never_lands_twice(tmp_path: Path) -> None:
     table = CaptionsTable(str(tmp_path / "t"))
     cfg = RunConfig(until=2, engine="dry-run")

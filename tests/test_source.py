@@ -180,3 +180,28 @@ def test_parquet_image_cells_holding_paths_are_read_from_disk(tmp_path: Path) ->
     # a parquet read from a remote store: its paths name files on the machine that wrote it
     remote = list(iter_shard(dataclasses.replace(shard, remote=True)))
     assert remote[1].image is None and "holds only the path 'imgs/a.jpg' (no bytes)" in remote[1].error
+
+
+def test_source_text_from_txt_json_and_a_parquet_text_column(tmp_path: Path) -> None:
+    """source_text: a webdataset sample's .txt (else its .json caption), a parquet text column
+    found from the schema or named by --text-column."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shard = list_shards(str(write_tar(tmp_path / "00000.tar", [
+        ("a.jpg", b"1"), ("a.txt", "ünïcode text".encode()), ("a.json", b'{"caption": "no"}'),
+        ("b.jpg", b"2"), ("b.json", json.dumps({"caption": "from json"}).encode()),
+        ("c.jpg", b"3"), ("c.json", b"not json")])))[0]
+    assert [s.text for s in iter_shard(shard)] == ["ünïcode text", "from json", None]
+
+    kind = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    pq.write_table(pa.table({"image": pa.array([{"bytes": b"x", "path": None}] * 2, kind),
+                             "id": ["1", "2"], "caption": ["first", None]}), tmp_path / "d.parquet")
+    shard = list_shards(str(tmp_path / "d.parquet"))[0]
+    assert shard.text_column == "caption" and [s.text for s in iter_shard(shard)] == ["first", None]
+    chosen = list_shards(str(tmp_path / "d.parquet"), text_column="id")[0]
+    assert [s.text for s in iter_shard(chosen)] == ["1", "2"]
+    with pytest.raises(SourceError, match="no column 'nope'.*--text-column"):
+        list_shards(str(tmp_path / "d.parquet"), text_column="nope")
