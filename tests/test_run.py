@@ -203,3 +203,25 @@ def test_short_runs_take_smaller_chunks_so_commits_flow() -> None:
     assert chunk_rows_for(256) == 64 and chunk_rows_for(10) == 64
     assert chunk_rows_for(10**6) == CHUNK_ROWS == 512
     assert all(chunk_rows_for(n) % 32 == 0 for n in range(0, 10_000, 37))
+
+
+def test_source_text_is_each_samples_txt(shards: Path, tmp_path: Path) -> None:
+    """The oracle is the tar files themselves, read here with tarfile: each row's source_text is
+    its sample's .txt member (decoded as UTF-8, undecodable bytes replaced), null without one."""
+    import tarfile
+
+    res = _run(_cfg(shards, tmp_path, 120))
+    assert res.committed_rows == 120
+    want: dict[tuple[str, str], str] = {}
+    for path in sorted(shards.glob("*.tar")):
+        with tarfile.open(path) as tar:
+            for m in tar:
+                key, _, ext = m.name.rpartition(".")
+                f = tar.extractfile(m)
+                if ext == "txt" and f is not None:
+                    want.setdefault((path.name, key), f.read().decode("utf-8", errors="replace"))
+    rows = read_table(str(tmp_path / "t")).to_pylist()
+    assert len(rows) == 120
+    got = {(r["source_shard"], r["source_key"]): r["source_text"] for r in rows if r["source_key"]}
+    assert got == {k: want.get(k) for k in got}
+    assert sum(v is not None for v in got.values()) > 60
