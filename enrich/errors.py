@@ -53,3 +53,19 @@ class CommitError(EnrichError):
     """Writing to the table failed after retries. Rows committed before are safe; rerun."""
 
     exit_code = 4
+
+
+class TableUnreachableError(CommitError):
+    """The table's storage did not answer (connection refused, timeouts, 5xx): an outage, not a
+    wrong --table. Rows committed before are safe; run again when the store is back."""
+
+
+def store_error(exc: BaseException) -> str:
+    """An object-store error in a few words: its client (object_store, through delta-rs and
+    obstore) prints a page of debug structure after the first sentence."""
+    text = one_line(str(exc))
+    cut = min((i for i in (text.find(" Debug source"), text.find(" - HTTP error")) if i > 0),
+              default=len(text))
+    tail = next((s for s in ("Connection refused", "timed out", "dns error", "Service Unavailable")
+                 if s.lower() in text.lower()[cut:]), "")
+    return (text[:min(cut, 240)] + (f" ... {tail}" if tail else "")).strip()

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from enrich.errors import RunLockedError
+from enrich.errors import RunLockedError, store_error
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ class ObjectStoreLease:
                 if not self.renew():
                     return
             except Exception as exc:  # noqa: BLE001 - a store hiccup: the next renewal retries
-                log.warning("could not renew the run lease of %s: %s", self.uri, exc)
+                log.warning("could not renew the run lease of %s: %s", self.uri, store_error(exc))
 
     @contextmanager
     def hold(self, *, wait: bool = False) -> Iterator[ObjectStoreLease]:
@@ -193,4 +193,4 @@ class ObjectStoreLease:
                 self.release()
             except Exception as exc:  # noqa: BLE001 - it expires by itself after the ttl
                 log.warning("could not release the run lease of %s (it expires in %.0f s): %s",
-                            self.uri, self.ttl_s, exc)
+                            self.uri, self.ttl_s, store_error(exc))

@@ -26,7 +26,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from enrich.errors import CommitError, RunLockedError, TableError, one_line
+from enrich.errors import (
+    CommitError,
+    EnrichError,
+    RunLockedError,
+    TableError,
+    TableUnreachableError,
+    store_error,
+)
 from enrich.lease import DEFAULT_TTL_S, Holder, refusal
 from enrich.schemas import CAPTIONS
 
@@ -54,10 +61,25 @@ def _local_path(uri: str) -> str:
     return uri.removeprefix("file://")
 
 
+# What an object store's client says when the store is not there or not answering (object_store
+# wraps them in its own errors, after its own retries): an outage, never a wrong --table.
+_UNREACHABLE = ("connection refused", "tcp connect error", "timed out", "timeout", "dns error",
+                "name or service not known", "connection reset", "connection closed",
+                "broken pipe", "error sending request", "incomplete message",
+                "service unavailable", "503", "502", "504")
+
+
+def _unreachable(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(s in text for s in _UNREACHABLE)
+
+
 def _transient(exc: BaseException) -> bool:
     """What a commit may retry: conflicts and passing storage errors, never schema or usage."""
     from deltalake.exceptions import CommitFailedError, DeltaError, SchemaMismatchError
 
+    if isinstance(exc, TableUnreachableError):
+        return True
     if isinstance(exc, SchemaMismatchError):
         return False
     if isinstance(exc, CommitFailedError):
@@ -79,16 +101,20 @@ def retry(fn: Callable[[], T], *, what: str, attempts: int = 5, base: float = 0.
     """
     for attempt in range(1, attempts + 1):
         try:
+            if attempt > 1 and before_retry is not None and before_retry():
+                return None  # type: ignore[return-value]
             return fn()
         except Exception as exc:
             if not _transient(exc) or attempt == attempts:
-                raise CommitError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
+                if isinstance(exc, EnrichError):
+                    raise  # already one of ours, worded (a lost race, an unreachable store)
+                cls = TableUnreachableError if _unreachable(exc) else CommitError
+                raise cls(f"{what} failed: {type(exc).__name__}: {store_error(exc)}") from exc
             delay = base * 2 ** (attempt - 1) * (0.5 + random.random())
-            log.warning("%s failed (%s), retry %d/%d in %.2fs", what, one_line(str(exc)),
-                        attempt, attempts - 1, delay)
+            if attempt == 1:
+                log.warning("%s failed (%s); retrying, up to %d times", what, store_error(exc),
+                            attempts - 1)
             time.sleep(delay)
-            if before_retry is not None and before_retry():
-                return None  # type: ignore[return-value]
     raise AssertionError("unreachable")
 
 
@@ -139,6 +165,10 @@ class CaptionsTable:
         except TableNotFoundError:
             return None
         except OSError as exc:
+            if _unreachable(exc):
+                raise TableUnreachableError(
+                    f"--table {self.uri!r}: the store did not answer ({store_error(exc)}); rows "
+                    "committed so far are safe, run the same command again later") from None
             raise TableError(f"--table {self.uri!r}: cannot open ({exc})") from None
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -204,3 +205,66 @@ def test_a_run_that_lost_its_lease_commits_nothing_more(
         holder.check()
     holder.release()  # not ours any more: left in place
     assert Holder.from_bytes(bytes(obstore.get(holder.store, LEASE_KEY).bytes())) == newcomer
+
+
+def test_the_store_stopping_mid_run_is_one_line_and_the_rerun_is_exact(
+        shards: Path, tmp_path: Path, ray_address: str) -> None:
+    """The S3 server goes away mid-run: the run ends with exit 4 (its commits keep failing) in
+    one error line, the rows committed before stay; the server comes back with its data, and
+    once the dead run's lease has expired the rerun completes the table exactly."""
+    port = _free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    env = {"AWS_ACCESS_KEY_ID": "test-key-id", "AWS_SECRET_ACCESS_KEY": "test-secret",
+           "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ALLOW_HTTP": "true"}
+    s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                      aws_access_key_id="test-key-id", aws_secret_access_key="test-secret")
+    s3.create_bucket(Bucket="outage-bucket")
+    args = ["--until", "120", "--source", str(shards), "--table", "s3://outage-bucket/t",
+            "--engine", "dry-run", "--checkpoint-dir", str(tmp_path / "ck"), "--quiet",
+            "--commit-every", "10", "--dry-run-ms-per-image", "100", "--lock-ttl", "10",
+            "--ray-address", ray_address]
+
+    def commits() -> int:
+        listed = s3.list_objects_v2(Bucket="outage-bucket", Prefix="t/_delta_log/")
+        return sum(o["Key"].endswith(".json") for o in listed.get("Contents", []))
+
+    proc = subprocess.Popen([sys.executable, "-m", "enrich", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+    deadline = time.monotonic() + 180
+    try:
+        while commits() < 3:  # the table's creation and two commits of rows
+            assert proc.poll() is None, f"the run ended first: {proc.stderr.read()[-2000:]}"  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "the run made no commit in 180 s"
+            time.sleep(0.05)
+    finally:
+        server.stop()
+    code = proc.wait(timeout=300)
+    err = proc.stderr.read()  # type: ignore[union-attr]
+    assert code == 4, err[-3000:]
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("enrich: error: ") and "Traceback" not in err, err[-3000:]
+    assert len([ln for ln in lines if "core_worker" not in ln]) <= 6, err  # a warning per kind, the error
+    assert all(len(ln) < 600 for ln in lines), err  # the store client's debug pages are cut
+
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()  # the same server process: its buckets are still there
+    try:
+        partial = _s3_outcome("s3://outage-bucket/t", env)
+        assert 0 < len(partial) < 120 and sorted(partial) == list(range(len(partial)))
+        time.sleep(11)  # the dead run could not release its lease: it expires after --lock-ttl
+        res = subprocess.run([sys.executable, "-m", "enrich", *args], capture_output=True,
+                             text=True, env={**os.environ, **env}, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        after = _s3_outcome("s3://outage-bucket/t", env)
+    finally:
+        server.stop()
+    clean = cli("--until", "120", "--source", str(shards), "--table", str(tmp_path / "clean"),
+                "--engine", "dry-run", "--checkpoint-dir", str(tmp_path / "ck2"), "--quiet",
+                "--ray-address", ray_address)
+    assert clean.returncode == 0, clean.stderr
+    from tests.helpers import outcome
+
+    assert {i: after[i] for i in partial} == partial
+    assert {i: v[:2] for i, v in after.items()} == {i: v[:2] for i, v in outcome(str(tmp_path / "clean")).items()}
