@@ -33,6 +33,7 @@ import pyarrow as pa
 from enrich.committer import Committer, drain
 from enrich.config import RunConfig, source_env_from_env, storage_options_from_env
 from enrich.engines.base import Engine
+from enrich.errors import UsageError
 from enrich.feeder import MAX_RANGE_BLOCKS, FetchChunks, make_feeder_class
 from enrich.journal import Journal
 from enrich.plan import Plan, make_plan
@@ -69,6 +70,26 @@ def chunks_in_flight(cfg: RunConfig, cpus: float, engine_batches: int,
     engine_rows = cfg.replicas * cfg.engine_batch_size * engine_batches
     prepare_rows = max(MIN_ROWS_IN_FLIGHT, 2 * math.ceil(cpus) * chunk_rows)
     return math.ceil((prepare_rows + engine_rows) / chunk_rows)
+
+
+RAY_PROBE_S = 5.0
+
+
+def _probe_ray(address: str) -> None:
+    """A cluster address (``--ray-address`` / ``$RAY_ADDRESS``) where nothing listens is a usage
+    error at once: ``ray.init`` itself waits on it for minutes, retrying."""
+    import socket
+
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    if target in ("auto", "local") or not host or not port.isdigit():
+        return  # Ray finds these itself, or says what is wrong with them
+    try:
+        socket.create_connection((host, int(port)), timeout=RAY_PROBE_S).close()
+    except OSError as exc:
+        raise UsageError(f"--ray-address {address!r} (or $RAY_ADDRESS): no Ray cluster answers "
+                         f"there ({type(exc).__name__}: {exc.strerror or exc}); fix the address, "
+                         "or leave it out to start a local Ray") from None
 
 
 def _init_ray(cfg: RunConfig) -> None:
@@ -169,6 +190,8 @@ def run(cfg: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
     journal = Journal(cfg, run_id, plan, started=started)
     engine = make_engine(cfg, starts_dir=journal.engine_dir)
     flow = Flow()
+    if cfg.ray_address:
+        _probe_ray(cfg.ray_address)
     # before Ray starts: a table in use is answered at once
     with table.lock(ttl_s=cfg.lock_ttl, run_id=run_id):
         reporter.start(plan, started)
