@@ -48,6 +48,7 @@ class Shard:
     kind: str = "tar"  # "tar" (webdataset), "parquet" (a file of rows) or "image" (one image file)
     column: str | None = None  # parquet: the image column
     text_column: str | None = None  # parquet: the text column (source_text), if any
+    text: str | None = None  # an image folder's file: its text from metadata.jsonl, if any
 
 
 @dataclass(frozen=True)
@@ -250,7 +251,9 @@ def list_shards(source: str, *, sample_dir: str | None = None, image_column: str
     if kind == "image":  # one row per file, named by its path in the folder, in name order
         names = [os.path.relpath(p, base) for p in paths]
         order = sorted(zip(names, paths, strict=True))
-        return [Shard(n, p, _opener_local(p), kind="image") for n, p in order]
+        texts = _folder_texts(found)
+        return [Shard(n, p, _opener_local(p), kind="image", text=texts.get(os.path.abspath(p)))
+                for n, p in order]
     paths.sort(key=lambda p: (os.path.basename(p), p))
     shards = [Shard(os.path.basename(p), p, _opener_local(p), kind=kind) for p in paths]
     return _with_image_column(shards, image_column, source, text_column) if kind == "parquet" \
@@ -559,7 +562,30 @@ def _json_text(data: bytes) -> str | None:
 def _image_file(fileobj: IO[bytes], shard: Shard) -> Iterator[Sample]:
     """An image folder's file: one row. Undecodable bytes are the prepare stage's to reject."""
     stem, _, ext = shard.name.rpartition(".")
-    yield Sample(shard.name, 0, stem, fileobj.read(), ext.lower())
+    yield Sample(shard.name, 0, stem, fileobj.read(), ext.lower(), text=shard.text)
+
+
+def _folder_texts(files: list[str]) -> dict[str, str]:
+    """An image folder's texts (source_text), as the hub's image-folder convention keeps them:
+    ``metadata.jsonl`` files whose lines name a ``file_name`` (relative to that file's folder)
+    and a caption, text or txt field. Absolute image path → text; unreadable lines are skipped."""
+    import json
+
+    texts: dict[str, str] = {}
+    for meta in (f for f in files if os.path.basename(f) == "metadata.jsonl"):
+        folder = os.path.dirname(os.path.abspath(meta))
+        with open(meta, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                try:
+                    doc = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(doc, dict) or not isinstance(doc.get("file_name"), str):
+                    continue
+                text = next((doc[f] for f in TEXT_FIELDS if isinstance(doc.get(f), str)), None)
+                if text is not None:
+                    texts[os.path.normpath(os.path.join(folder, doc["file_name"]))] = text
+    return texts
 
 
 def _parquet_rows(fileobj: IO[bytes], shard: Shard) -> Iterator[Sample]:

@@ -205,3 +205,19 @@ def test_source_text_from_txt_json_and_a_parquet_text_column(tmp_path: Path) -> 
     assert [s.text for s in iter_shard(chosen)] == ["1", "2"]
     with pytest.raises(SourceError, match="no column 'nope'.*--text-column"):
         list_shards(str(tmp_path / "d.parquet"), text_column="nope")
+
+
+def test_source_text_of_an_image_folder_from_its_metadata_jsonl(tmp_path: Path) -> None:
+    """The hub's image-folder convention: metadata.jsonl lines with file_name and a text field."""
+    import json
+
+    (tmp_path / "sub").mkdir()
+    for name in ("a.jpg", "b.jpg", "sub/c.png"):
+        (tmp_path / name).write_bytes(b"img")
+    (tmp_path / "metadata.jsonl").write_text("\n".join([
+        json.dumps({"file_name": "a.jpg", "text": "an apple"}),
+        "not json", json.dumps({"file_name": "b.jpg", "score": 3})]) + "\n")
+    (tmp_path / "sub" / "metadata.jsonl").write_text(json.dumps({"file_name": "c.png", "caption": "a cat"}))
+    shards = list_shards(str(tmp_path))
+    assert [s.name for s in shards] == ["a.jpg", "b.jpg", "sub/c.png"]  # metadata files are no rows
+    assert [next(iter_shard(s)).text for s in shards] == ["an apple", None, "a cat"]
