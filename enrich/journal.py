@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from enrich.errors import UsageError
 from enrich.progress import rate
 
 if TYPE_CHECKING:
@@ -49,6 +50,18 @@ class Journal:
         self.path = self.dir / f"{run_id}.json"
         self.engine_dir = str(self.dir / f"{run_id}.engine")
         self.started = time.time() if started is None else started  # the run's start: one rate
+
+    def check_writable(self) -> None:
+        """Refuse, in one line and before Ray starts, a --checkpoint-dir that cannot be written."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".enrich-probe-", dir=self.dir)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise UsageError(f"--checkpoint-dir {self.cfg.checkpoint_dir!r}: cannot write run "
+                             f"journals in {self.dir} ({type(exc).__name__}: "
+                             f"{exc.strerror or exc})") from None
 
     def engine_starts(self) -> int:
         try:

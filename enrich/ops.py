@@ -204,6 +204,21 @@ def compact(argv: Sequence[str]) -> int:
 
 
 # -- gallery -----------------------------------------------------------------------------------
+def _writable_file(path: str) -> None:
+    """Refuse, in one line, an output file that cannot be written (its folder missing or
+    read-only): found by creating and removing a scratch file beside it."""
+    import tempfile
+
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".enrich-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"--out {path!r}: cannot write in {folder} "
+                         f"({type(exc).__name__}: {exc.strerror or exc})") from None
+
+
 def gallery(argv: Sequence[str]) -> int:
     p = Parser(prog="enrich gallery", description="Write one self-contained HTML page of sampled "
                 "rows (thumbnail, caption, status, error, model, tokens) and a chart of recent "
@@ -218,6 +233,7 @@ def gallery(argv: Sequence[str]) -> int:
                    "images; default 2)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     args = p.parse_args(argv)
+    _writable_file(args.out)  # before the table is read: a bad --out is answered at once
     table = _open(args.table)
     rows = _sample_rows(table, args.sample, args.status, args.max_shards, args.seed)
     thumbs = _thumbnails(rows)

@@ -188,6 +188,7 @@ def run(cfg: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
     from enrich.engines import make_engine
 
     journal = Journal(cfg, run_id, plan, started=started)
+    journal.check_writable()
     engine = make_engine(cfg, starts_dir=journal.engine_dir)
     flow = Flow()
     if cfg.ray_address:

@@ -93,3 +93,20 @@ def test_commit_seconds_commits_before_commit_every_is_reached(shards: Path, tmp
     # a 0.5 s interval has passed when the first engine batch arrives (the pipeline's start
     # alone takes longer): that batch is committed before the run ends
     assert commits(tmp_path / "often", "--commit-seconds", "0.5") >= 2
+
+
+def test_unwritable_checkpoint_dir_and_gallery_out_are_one_line(tmp_path: Path) -> None:
+    """Answered before Ray starts or the table is read: a folder that is a file cannot be written
+    (as root, permissions would not stop a test; a file in the way does)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way")
+    res = cli("--until", "8", "--source", "sample", "--table", str(tmp_path / "t"), "--engine",
+              "dry-run", "--checkpoint-dir", str(blocker / "ck"), "--ray-address", "127.0.0.1:1")
+    assert res.returncode == 2, res.stderr  # not the dead --ray-address: the folder is checked first
+    assert res.stderr.strip().splitlines() == [res.stderr.strip()]
+    assert res.stderr.startswith(f"enrich: error: --checkpoint-dir '{blocker / 'ck'}': cannot write")
+    assert not (tmp_path / "t").exists()
+    res = cli("gallery", "--table", str(tmp_path / "t"), "--out", str(blocker / "g.html"))
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip() == (f"enrich: error: --out '{blocker / 'g.html'}': cannot write in "
+                                  f"{blocker} (NotADirectoryError: Not a directory)")
