@@ -155,9 +155,9 @@ def _configure_data_context() -> None:
 def _follow(plan: Plan, shards: list[Shard], table: CaptionsTable, warn: bool = False) -> Plan:
     """The plan against the source as listed now: a source that grew after the last file read
     is continued; files that appeared before it are named (once) and left alone."""
-    plan, unread = plan.follow([s.name for s in shards],
-                               lambda: table.shards_read(plan.source, plan.caption_config))
-    if unread and warn:
+    read = (lambda: table.shards_read(plan.source, plan.caption_config)) if warn else None
+    plan, unread = plan.follow([s.name for s in shards], read)
+    if unread:
         log.warning("%d file(s) of the source sort before %r, the last one read, and have no rows "
                     "in the table (added after it was read?): they are not captioned, since numbering "
                     "them would renumber the table; first: %s", len(unread),

@@ -56,17 +56,20 @@ class Plan:
     def nothing_to_do(self) -> bool:
         return (self.rows_to_do == 0 or self.progress.exhausted) and self.failed_to_retry == 0
 
-    def follow(self, shard_names: list[str], read: Callable[[], set[str]]) -> tuple[Plan, list[str]]:
+    def follow(self, shard_names: list[str],
+               read: Callable[[], set[str]] | None = None) -> tuple[Plan, list[str]]:
         """This plan against the source as listed now (names in canonical order). A stream that
         was exhausted continues if files were added after the last one it read: numbering goes
         on from there. Files added *before* that one cannot be numbered without renumbering the
-        table, so they are returned (``read()``: the files the stream has rows from) for the
-        caller to name; they are not captioned."""
+        table, so they are returned (given ``read()``: the files the stream has rows from, one
+        scan of the table's source_shard column) for the caller to name; they are not captioned."""
         last = self.progress.next_shard
         if not last:
             return self, []
-        unread = [n for n in shard_names if n < last and n not in read()] \
-            if any(n < last for n in shard_names) else []
+        unread: list[str] = []
+        if read is not None and any(n < last for n in shard_names):
+            known = read()
+            unread = [n for n in shard_names if n < last and n not in known]
         if self.progress.exhausted and any(n > last for n in shard_names):
             return dataclasses.replace(
                 self, progress=dataclasses.replace(self.progress, exhausted=False)), unread

@@ -91,7 +91,7 @@ class Reporter:
         self._ticker = threading.Thread(target=self._tick, name="enrich-progress", daemon=True)
         self._ticker.start()
 
-    def update(self, counts: Counts, done: int | None = None, phase: str = "captioning") -> None:
+    def update(self, counts: Counts, phase: str = "captioning") -> None:
         self.counts, self.phase = counts, phase
 
     def line(self) -> str:
