@@ -130,3 +130,45 @@ def test_config_file_env_and_flags_precedence(tmp_path: Path) -> None:
         resolve({"until": 5}, env={}, cwd=tmp_path)
     with pytest.raises(UsageError, match="concurrency"):
         resolve({"until": 5}, env={"ENRICH_CONCURRENCY": "many"}, cwd=tmp_path / "none")
+
+
+def test_compact_waits_for_the_run_and_keeps_the_retention_safeguard(
+        made: dict[str, str], tmp_path: Path) -> None:
+    """`--wait S`: a compact that finds the table held waits for the holder, then runs (no sleep
+    decides it: the test releases the lock only once compact is seen waiting). `--retention-hours`
+    below Delta's safeguard (7 days) is refused in one line, the table unchanged."""
+    import threading
+
+    from enrich.sink import CaptionsTable
+
+    table = str(tmp_path / "copy")
+    shutil.copytree(made["table"], table)
+    before = read_table(table).sort_by("source_index")
+    held, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with CaptionsTable(table).lock():
+            held.set()
+            release.wait(120)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    assert held.wait(30)
+    proc = subprocess.Popen([sys.executable, "-m", "enrich", "compact", "--table", table,
+                             "--wait", "120"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=os.environ)
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)  # still waiting while the table is held
+    finally:
+        release.set()
+        t.join()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "data files" in out and read_table(table).sort_by("source_index").equals(before)
+
+    res = subprocess.run([sys.executable, "-m", "enrich", "compact", "--table", table,
+                          "--retention-hours", "1"], capture_output=True, text=True, env=os.environ)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.startswith("enrich: error: compact: ") and len(res.stderr.strip().splitlines()) == 1
+    assert read_table(table).sort_by("source_index").equals(before)
