@@ -170,6 +170,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except OSError as exc:  # after BrokenPipeError, one of its kind
+        # An I/O failure no check foresaw (a store that went away between two reads, a disk that
+        # filled): one line, exit 1; committed rows are safe as always.
+        from enrich.errors import store_error
+
+        print(f"enrich: error: {type(exc).__name__}: {store_error(exc)}", file=sys.stderr)
+        return 1
 
 
 __all__ = ["UsageError", "build_run_parser", "main"]

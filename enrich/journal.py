@@ -53,9 +53,13 @@ class Journal:
 
     def check_writable(self) -> None:
         """Refuse, in one line and before Ray starts, a --checkpoint-dir that cannot be written."""
+        folder = self.dir
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent  # the nearest folder that exists: nothing is created here
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            fd, probe = tempfile.mkstemp(prefix=".enrich-probe-", dir=self.dir)
+            if not folder.is_dir():
+                raise NotADirectoryError(20, "Not a directory", str(folder))
+            fd, probe = tempfile.mkstemp(prefix=".enrich-probe-", dir=folder)
             os.close(fd)
             os.unlink(probe)
         except OSError as exc:

@@ -171,12 +171,17 @@ class ObjectStoreLease:
         self._etag = None
 
     def _renew_loop(self) -> None:
+        said = ""  # one warning per kind of failure, not one per renewal
         while not self._stop.wait(self.ttl_s / 3):
             try:
                 if not self.renew():
                     return
+                said = ""
             except Exception as exc:  # noqa: BLE001 - a store hiccup: the next renewal retries
-                log.warning("could not renew the run lease of %s: %s", self.uri, store_error(exc))
+                text = store_error(exc)
+                if text.split(" in ", 1)[0] != said:  # the same failure but for its timing
+                    log.warning("could not renew the run lease of %s: %s", self.uri, text)
+                    said = text.split(" in ", 1)[0]
 
     @contextmanager
     def hold(self, *, wait: bool = False) -> Iterator[ObjectStoreLease]:

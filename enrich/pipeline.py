@@ -191,10 +191,10 @@ def run(cfg: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
     journal.check_writable()
     engine = make_engine(cfg, starts_dir=journal.engine_dir)
     flow = Flow()
-    if cfg.ray_address:
-        _probe_ray(cfg.ray_address)
     # before Ray starts: a table in use is answered at once
     with table.lock(ttl_s=cfg.lock_ttl, run_id=run_id):
+        if cfg.ray_address:
+            _probe_ray(cfg.ray_address)
         reporter.start(plan, started)
         reporter.running(flow)  # the live line from here on, whatever Ray takes to start
         reporter.update(counts, phase="starting Ray")

@@ -253,7 +253,9 @@ class CaptionsTable:
                     f"{expect_from}); stop the other run or wait for it")
             return False
 
-        if landed():
+        # the store may fail this first look too (an outage mid-run): the same retries
+        if retry(landed, what=f"reading the table before the commit of rows {expect_from}.."
+                 f"{progress.next_index - 1}"):
             return False
         custom = {
             **metadata,
