@@ -41,7 +41,7 @@ from enrich.progress import Counts, Flow, Reporter
 from enrich.reader import CHUNK_ROWS, Chunk, Reader
 from enrich.sink import CaptionsTable
 from enrich.skip import SkipIndex
-from enrich.source import Shard, list_shards
+from enrich.source import Shard, connect_error, list_shards
 
 log = logging.getLogger(__name__)
 
@@ -78,18 +78,14 @@ RAY_PROBE_S = 5.0
 def _probe_ray(address: str) -> None:
     """A cluster address (``--ray-address`` / ``$RAY_ADDRESS``) where nothing listens is a usage
     error at once: ``ray.init`` itself waits on it for minutes, retrying."""
-    import socket
-
     target = address.removeprefix("ray://")
     host, _, port = target.rpartition(":")
     if target in ("auto", "local") or not host or not port.isdigit():
         return  # Ray finds these itself, or says what is wrong with them
-    try:
-        socket.create_connection((host, int(port)), timeout=RAY_PROBE_S).close()
-    except OSError as exc:
+    why = connect_error(host, int(port), RAY_PROBE_S)
+    if why is not None:
         raise UsageError(f"--ray-address {address!r} (or $RAY_ADDRESS): no Ray cluster answers "
-                         f"there ({type(exc).__name__}: {exc.strerror or exc}); fix the address, "
-                         "or leave it out to start a local Ray") from None
+                         f"there ({why}); fix the address, or leave it out to start a local Ray")
 
 
 def _init_ray(cfg: RunConfig) -> None:

@@ -394,12 +394,39 @@ HUB_PROBE_S = 5.0
 _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 
+def connect_error(host: str, port: int, timeout_s: float = HUB_PROBE_S) -> str | None:
+    """Why nothing answers at ``host:port`` (its name does not resolve, the connection is refused
+    or times out), or None when a TCP connection opens. The name lookup has no timeout of its
+    own: it runs in a thread that is not waited for beyond ``timeout_s`` (twice: lookup, then
+    connect)."""
+    import socket
+    import threading
+
+    found: list[BaseException | None] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout_s).close()
+            found.append(None)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            found.append(exc)
+
+    t = threading.Thread(target=connect, daemon=True, name="enrich-probe")
+    t.start()
+    t.join(2 * timeout_s)
+    if not found:
+        return "no answer"
+    exc = found[0]
+    if exc is None:
+        return None
+    detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else one_line(str(exc))[:200]
+    return f"{type(exc).__name__}: {detail}"
+
+
 def _probe_hub(shown: str) -> None:
     """Refuse at once, in one line, a hub that cannot be reached: its name does not resolve or
     nothing listens (HF_ENDPOINT, default huggingface.co). Hub *errors* (5xx, 429, resets) are
     left to the retries. Skipped behind a proxy, where the direct route proves nothing."""
-    import socket
-    import threading
     from urllib.parse import urlsplit
 
     from huggingface_hub import constants
@@ -407,23 +434,8 @@ def _probe_hub(shown: str) -> None:
     if constants.HF_HUB_OFFLINE or any(os.environ.get(v) for v in _PROXY_VARS):
         return
     url = urlsplit(constants.ENDPOINT)
-    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
-    found: list[BaseException | None] = []
-
-    def connect() -> None:
-        try:
-            socket.create_connection((host, port), timeout=HUB_PROBE_S).close()
-            found.append(None)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            found.append(exc)
-
-    # The name lookup has no timeout of its own: the probe runs in a thread that is not waited
-    # for beyond HUB_PROBE_S (twice: lookup, then connect).
-    t = threading.Thread(target=connect, daemon=True, name="enrich-hub-probe")
-    t.start()
-    t.join(2 * HUB_PROBE_S)
-    why = "no answer" if not found else None if found[0] is None else \
-        (f"{type(found[0]).__name__}: {one_line(str(found[0]))[:200]}")
+    host = url.hostname or ""
+    why = connect_error(host, url.port or (443 if url.scheme == "https" else 80))
     if why is None:
         return
     local = "" if "://" in shown else f"no local folder {shown!r}; "
@@ -553,10 +565,14 @@ def _json_text(data: bytes) -> str | None:
         doc = json.loads(data)
     except ValueError:
         return None
+    return _text_field(doc)
+
+
+def _text_field(doc: object) -> str | None:
+    """The first of TEXT_FIELDS that a JSON object holds as a string."""
     if not isinstance(doc, dict):
         return None
-    value = next((doc[f] for f in TEXT_FIELDS if isinstance(doc.get(f), str)), None)
-    return value
+    return next((doc[f] for f in TEXT_FIELDS if isinstance(doc.get(f), str)), None)
 
 
 def _image_file(fileobj: IO[bytes], shard: Shard) -> Iterator[Sample]:
@@ -580,10 +596,8 @@ def _folder_texts(files: list[str]) -> dict[str, str]:
                     doc = json.loads(line)
                 except ValueError:
                     continue
-                if not isinstance(doc, dict) or not isinstance(doc.get("file_name"), str):
-                    continue
-                text = next((doc[f] for f in TEXT_FIELDS if isinstance(doc.get(f), str)), None)
-                if text is not None:
+                text = _text_field(doc)
+                if text is not None and isinstance(doc.get("file_name"), str):
                     texts[os.path.normpath(os.path.join(folder, doc["file_name"]))] = text
     return texts
 
