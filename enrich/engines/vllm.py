@@ -73,8 +73,8 @@ GPU_ENGINE_DEFAULTS: dict[str, Any] = {
 # on a GPU in RENDER_PROCESSES processes per replica (threads hold the GIL: on one H200 four ran
 # ~1.2 threads' worth, PERFORMANCE.md), on the CPU backend in RENDER_THREADS threads (the model
 # is the bound there), or where processes cannot start; --render-processes overrides the count.
-# REPLICA_CPUS: what a GPU replica reserves for them, its
-# engine loop and vLLM's engine-core process (a busy loop of its own).
+# REPLICA_CPUS: what a GPU replica reserves for them, its engine loop and vLLM's engine-core
+# process (a busy loop of its own).
 RENDER_PROCESSES = 2
 RENDER_THREADS = 4
 RENDER_START_S = 300.0
@@ -160,7 +160,7 @@ def engine_kwargs(cfg: RunConfig) -> dict[str, Any]:
         kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
     else:
         kwargs.update(GPU_ENGINE_DEFAULTS)
-    if not is_cpu(cfg.accelerator_type) and share > 1:
+    if share > 1 and not is_cpu(cfg.accelerator_type):
         # N engines on one GPU, so N Python loops feed it. Each is told its share of the memory,
         # and its KV cache size outright: vLLM sizes the cache by profiling the memory in use,
         # and engines that start together see each other's allocations there ("No available
@@ -393,9 +393,9 @@ class EngineLoop:
     The multimodal input processing (the HF image processor, the tokenizer) is the costly part
     per row outside the GPU and ran serially in ``LLM.generate``; here callers hand it to the
     ``renderer`` (a process or thread pool) while the loop thread alone talks to the engine (its
-    sockets are not thread-safe). ``lookahead`` bounds the rendered requests
-    held per replica (each holds its image's pixel tensor): a row's JPEG is decoded only when
-    its slot is free, in a render thread, not a whole batch at once ahead of the engine."""
+    sockets are not thread-safe). ``lookahead`` bounds the rendered requests held per replica
+    (each holds its image's pixel tensor): a row's JPEG goes to the renderer only when its slot
+    is free, not a whole batch at once ahead of the engine."""
 
     def __init__(self, llm: Any, params: Any, *, renderer: Any, lookahead: int) -> None:
         self.params, self.renderer = params, renderer
@@ -513,7 +513,7 @@ class VLLMCaptioner:
         sampling = SamplingParams(**params)
         sampling.output_kind = RequestOutputKind.FINAL_ONLY  # as LLM.generate asks: no streaming
         text = render_prompt(llm.get_tokenizer(), system_prompt, prompt)
-        renderer: ThreadRenderer | ProcessRenderer = ThreadRenderer(llm, text, render_threads)
+        renderer: ThreadRenderer | ProcessRenderer | None = None
         if procs is not None:
             try:
                 procs.publish(llm.llm_engine.vllm_config, text, timeout_s=RENDER_START_S)
@@ -524,6 +524,8 @@ class VLLMCaptioner:
                 procs.close()
                 print(f"enrich: render processes did not start ({type(exc).__name__}: {exc}); "
                       f"rendering in {render_threads} threads instead", file=sys.stderr, flush=True)
+        if renderer is None:
+            renderer = ThreadRenderer(llm, text, render_threads)
         self.llm, self.renderer = llm, renderer
         self.loop = EngineLoop(llm, sampling, renderer=renderer, lookahead=lookahead)
 
