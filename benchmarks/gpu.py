@@ -400,6 +400,8 @@ def run_enrich(gpus: int, k: int, model: str, dummy: bool, shards: Path, n: int,
         t_end = time.time()
     if proc.returncode != 0:
         raise RuntimeError(f"enrich: exit {proc.returncode}: {(d / 'log').read_text()[-3000:]}")
+    startup = _startup_lines(t0)
+    (d / "startup.log").write_text("\n".join(startup) + "\n")
     dt = DeltaTable(str(table))
     hist = sorted((h for h in dt.history() if h.get("operation") == "WRITE"), key=lambda h: h["timestamp"])
     commits = [(h["timestamp"] / 1000, int(h.get("operationMetrics", {}).get("num_added_rows", 0)))
@@ -428,8 +430,56 @@ def run_enrich(gpus: int, k: int, model: str, dummy: bool, shards: Path, n: int,
         "mean_output_tokens": round(out_tokens / max(1, statuses.get("captioned", 0)), 1),
         "first_committed_row_s": round(cum[0][0] - t0, 1), "wall_s": round(t_end - t0, 1),
         "gpu_util_pct": s.gpu_mean(gpus, ta, tb), "cpu_cores_busy": Sampler.mean(s.cpu, ta, tb),
-        "commits": len(commits), "processes_mid_run": census, "command": " ".join(cmd[1:])}
+        "commits": len(commits), "processes_mid_run": census,
+        "replica_startup": _replica_startup(startup, t0), "startup_log": startup[-40:],
+        "command": " ".join(cmd[1:])}
     return r
+
+
+# vLLM's own start-up lines (weights, compile, CUDA graphs, engine init) and enrich's replica line
+STARTUP_MARKS = ("enrich: replica start-up", "Loading weights took", "Model loading took",
+                 "torch.compile take", "Compiling a graph", "Directly load the compiled graph",
+                 "Graph capturing finished", "init engine", "compile range", "encoder cudagraph",
+                 "Available KV cache memory", "GPU KV cache size", "async_scheduling")
+
+
+def _startup_lines(t0: float) -> list[str]:
+    """The start-up lines of this run's replicas, from Ray's worker logs (enrich keeps worker
+    output out of the driver's terminal)."""
+    import re
+
+    logs = Path("/tmp/ray/session_latest/logs")
+    lines: list[str] = []
+    for f in sorted(logs.glob("worker-*")) if logs.exists() else []:
+        try:
+            if f.stat().st_mtime < t0:
+                continue
+            for line in f.read_text(errors="replace").splitlines():
+                if "Initializing a V1 LLM engine" in line:  # the resolved settings that matter here
+                    keys = re.findall(r"(?:async_scheduling|max_num_batched_tokens|max_num_seqs|"
+                                      r"enable_prefix_caching|cudagraph_mode)[=:] ?[^,]{1,40}", line)
+                    lines.append(f"{f.name[:22]}: engine config: {', '.join(keys)}")
+                elif any(m in line for m in STARTUP_MARKS):
+                    lines.append(f"{f.name[:22]}: {line.strip()[:300]}")
+        except OSError:
+            continue
+    return lines
+
+
+def _replica_startup(lines: list[str], t0: float) -> list[dict[str, Any]]:
+    """enrich's replica lines as seconds after the run's start: when each replica's actor began
+    its start-up, and its split (imports, engine, renderer)."""
+    import re
+
+    out = []
+    for line in lines:
+        m = re.search(r"replica start-up ([\d.]+) s: imports ([\d.]+) s, engine ([\d.]+) s, "
+                      r"renderer ([\d.]+) s more \[t_start=([\d.]+) t_ready=([\d.]+)\]", line)
+        if m:
+            total, imp, eng, ren, ts, tr = map(float, m.groups())
+            out.append({"actor_start_s": round(ts - t0, 1), "imports_s": imp, "engine_s": eng,
+                        "renderer_s": ren, "ready_s": round(tr - t0, 1)})
+    return sorted(out, key=lambda r: r["ready_s"])
 
 
 def _committed_past(table: Path, rows: int) -> bool:
@@ -491,6 +541,9 @@ def main() -> None:
     run.add_argument("--n", type=int, default=40000)
     run.add_argument("--bare-n", type=int, default=10000)
     run.add_argument("--tutorial-n", type=int, default=2000)
+    run.add_argument("--shards-n", type=int, default=0,
+                     help="read the first --n rows of an input set of this many (default --n), "
+                          "so runs of different lengths share one set")
     run.add_argument("--runs", default="vllm-bench,bare:1,enrich:1:3")
     run.add_argument("--accelerator-type", default="H200")
     run.add_argument("--profile", action="store_true")
@@ -508,7 +561,7 @@ def main() -> None:
         print(json.dumps(merged, indent=2))
         return
     WORK.mkdir(parents=True, exist_ok=True)
-    shards, prepared = make_inputs(args.n, args.bare_n)
+    shards, prepared = make_inputs(max(args.n, args.shards_n), args.bare_n)
     results = header(args)
     out = Path(args.out)
     specs = args.runs.split(",")

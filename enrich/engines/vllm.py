@@ -496,7 +496,10 @@ class VLLMCaptioner:
     def __init__(self, *, llm_kwargs: dict[str, Any], system_prompt: str, prompt: str,
                  params: dict[str, Any], render_threads: int, render_processes: int,
                  lookahead: int) -> None:
+        import sys
         import tempfile
+
+        t_start = time.time()
 
         import torch
         from vllm import LLM, SamplingParams
@@ -509,7 +512,9 @@ class VLLMCaptioner:
         if render_processes > 0:  # started first: their imports overlap the engine's start-up
             procs = ProcessRenderer(render_processes,
                                     os.path.join(tempfile.mkdtemp(prefix="enrich-render-"), "engine.pkl"))
+        t_imported = time.time()
         llm = LLM(**llm_kwargs)
+        t_engine = time.time()
         sampling = SamplingParams(**params)
         sampling.output_kind = RequestOutputKind.FINAL_ONLY  # as LLM.generate asks: no streaming
         text = render_prompt(llm.get_tokenizer(), system_prompt, prompt)
@@ -519,8 +524,6 @@ class VLLMCaptioner:
                 procs.publish(llm.llm_engine.vllm_config, text, timeout_s=RENDER_START_S)
                 renderer = procs
             except Exception as exc:  # noqa: BLE001 - slower, not wrong: the replica still runs
-                import sys
-
                 procs.close()
                 print(f"enrich: render processes did not start ({type(exc).__name__}: {exc}); "
                       f"rendering in {render_threads} threads instead", file=sys.stderr, flush=True)
@@ -528,6 +531,12 @@ class VLLMCaptioner:
             renderer = ThreadRenderer(llm, text, render_threads)
         self.llm, self.renderer = llm, renderer
         self.loop = EngineLoop(llm, sampling, renderer=renderer, lookahead=lookahead)
+        # One line in the replica's log (Ray's worker logs) that splits its start-up; the GPU
+        # benchmark reads it to break down the time to the first committed row.
+        t_ready = time.time()
+        print(f"enrich: replica start-up {t_ready - t_start:.1f} s: imports {t_imported - t_start:.1f} s, "
+              f"engine {t_engine - t_imported:.1f} s, renderer {t_ready - t_engine:.1f} s more "
+              f"[t_start={t_start:.3f} t_ready={t_ready:.3f}]", file=sys.stderr, flush=True)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         status = batch.column("status").to_pylist()
