@@ -14,7 +14,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import random
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -26,21 +25,45 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
+from enrich import retry as retrying
 from enrich.errors import (
     CommitError,
     EnrichError,
     RunLockedError,
     TableError,
     TableUnreachableError,
+    UsageError,
     store_error,
 )
 from enrich.lease import DEFAULT_TTL_S, Holder, refusal
+from enrich.retry import commit_transient, unreachable
 from enrich.schemas import CAPTIONS
 
 log = logging.getLogger(__name__)
 
 META_PREFIX = "enrich."
 T = TypeVar("T")
+
+
+def run_metadata(*, run_id: str, source: str, caption_config: str, caption_config_json: str,
+                 enricher_version: str) -> dict[str, str]:
+    """What every commit of a run records beside its rows (Delta commit metadata, under
+    META_PREFIX): who wrote it, for which stream and caption config."""
+    return {META_PREFIX + "run_id": run_id, META_PREFIX + "caption_config": caption_config,
+            META_PREFIX + "caption_config_json": caption_config_json,
+            META_PREFIX + "source": source, META_PREFIX + "enricher_version": enricher_version}
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One stream's position, as ``enrich status`` shows it."""
+
+    source: str | None
+    caption_config: str | None
+    next_index: int | None
+    shard: str | None
+    offset: str | None
+    exhausted: bool
 
 
 @dataclass(frozen=True)
@@ -61,61 +84,22 @@ def _local_path(uri: str) -> str:
     return uri.removeprefix("file://")
 
 
-# What an object store's client says when the store is not there or not answering (object_store
-# wraps them in its own errors, after its own retries): an outage, never a wrong --table.
-_UNREACHABLE = ("connection refused", "tcp connect error", "timed out", "timeout", "dns error",
-                "name or service not known", "connection reset", "connection closed",
-                "broken pipe", "error sending request", "incomplete message",
-                "service unavailable", "503", "502", "504")
+def _give_up(what: str) -> Callable[[BaseException, int], BaseException]:
+    """A commit's error once retrying is over: ours as they are (a lost race, an unreachable
+    store), an object store that is not answering as an outage, anything else a CommitError."""
+    def give_up(exc: BaseException, attempts: int) -> BaseException:
+        if isinstance(exc, EnrichError):
+            return exc
+        cls = TableUnreachableError if unreachable(exc) else CommitError
+        return cls(f"{what} failed: {type(exc).__name__}: {store_error(exc)}")
+
+    return give_up
 
 
-def _unreachable(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return any(s in text for s in _UNREACHABLE)
-
-
-def _transient(exc: BaseException) -> bool:
-    """What a commit may retry: conflicts and passing storage errors, never schema or usage."""
-    from deltalake.exceptions import CommitFailedError, DeltaError, SchemaMismatchError
-
-    if isinstance(exc, TableUnreachableError):
-        return True
-    if isinstance(exc, SchemaMismatchError):
-        return False
-    if isinstance(exc, CommitFailedError):
-        return True
-    if isinstance(exc, PermissionError):
-        return False
-    text = str(exc).lower()
-    if "permission" in text or "not permitted" in text or "read-only file system" in text:
-        return False  # retrying cannot fix it: fail now, with the cause
-    return isinstance(exc, (OSError, DeltaError))
-
-
-def retry(fn: Callable[[], T], *, what: str, attempts: int = 5, base: float = 0.2,
-          before_retry: Callable[[], bool] | None = None) -> T:
-    """Run ``fn``; retry transient failures with exponential backoff and jitter.
-
-    ``before_retry`` runs before each retry and returns True when the work turns out to be done
-    already (the failed attempt did land): then ``fn`` is not run again.
-    """
-    for attempt in range(1, attempts + 1):
-        try:
-            if attempt > 1 and before_retry is not None and before_retry():
-                return None  # type: ignore[return-value]
-            return fn()
-        except Exception as exc:
-            if not _transient(exc) or attempt == attempts:
-                if isinstance(exc, EnrichError):
-                    raise  # already one of ours, worded (a lost race, an unreachable store)
-                cls = TableUnreachableError if _unreachable(exc) else CommitError
-                raise cls(f"{what} failed: {type(exc).__name__}: {store_error(exc)}") from exc
-            delay = base * 2 ** (attempt - 1) * (0.5 + random.random())
-            if attempt == 1:
-                log.warning("%s failed (%s); retrying, up to %d times", what, store_error(exc),
-                            attempts - 1)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
+def retry(fn: Callable[[], T], *, what: str, before_retry: Callable[[], bool] | None = None) -> T | None:
+    """``fn`` under the table's retry policy (``retry.COMMIT``)."""
+    return retrying.call(fn, what=what, policy=retrying.COMMIT, transient=commit_transient,
+                         give_up=_give_up(what), before_retry=before_retry)
 
 
 class CaptionsTable:
@@ -165,7 +149,7 @@ class CaptionsTable:
         except TableNotFoundError:
             return None
         except OSError as exc:
-            if _unreachable(exc):
+            if unreachable(exc):
                 raise TableUnreachableError(
                     f"--table {self.uri!r}: the store did not answer ({store_error(exc)}); rows "
                     "committed so far are safe, run the same command again later") from None
@@ -211,6 +195,48 @@ class CaptionsTable:
                     )
         raise TableError(f"--table {self.uri!r}: app transaction {app_id} at {version} has no "
                          "matching commit metadata; the table was changed by another tool")
+
+    def streams(self) -> list[Stream]:
+        """Every stream the table holds and where it stands, newest first (one read of the
+        table's history)."""
+        dt = self._delta()
+        if dt is None:
+            return []
+        found: dict[str, Stream] = {}
+        for entry in dt.history():
+            app = entry.get(META_PREFIX + "app_id")
+            if app and app not in found:
+                found[app] = Stream(source=entry.get(META_PREFIX + "source"),
+                                    caption_config=entry.get(META_PREFIX + "caption_config"),
+                                    next_index=dt.transaction_version(app),
+                                    shard=entry.get(META_PREFIX + "next_shard"),
+                                    offset=entry.get(META_PREFIX + "next_offset"),
+                                    exhausted=entry.get(META_PREFIX + "exhausted") == "true")
+        return list(found.values())
+
+    def size(self) -> tuple[int, int]:
+        """(version, number of data files); (-1, 0) for a table not yet created."""
+        dt = self._delta()
+        return (-1, 0) if dt is None else (dt.version(), len(dt.file_uris()))
+
+    def compact(self, *, retention_hours: int) -> dict[str, Any]:
+        """Merge small files, vacuum files removed longer than ``retention_hours`` ago (Delta's
+        safeguard refuses less than its retention), and write a log checkpoint. Take
+        :meth:`lock` around it: it must not race a run's commits."""
+        dt = self._delta()
+        if dt is None:
+            raise TableError(f"--table {self.uri!r}: no table there")
+        before = len(dt.file_uris())
+        metrics = dt.optimize.compact()
+        try:
+            removed = dt.vacuum(retention_hours=retention_hours, enforce_retention_duration=True,
+                                dry_run=False)
+        except Exception as exc:  # noqa: BLE001 - delta-rs raises a bare Exception here
+            raise UsageError(f"compact: {exc}") from None
+        dt.create_checkpoint()
+        return {"files_before": before, "files_after": self.size()[1],
+                "compacted": metrics.get("numFilesRemoved", 0), "into": metrics.get("numFilesAdded", 0),
+                "vacuumed": len(removed)}
 
     def _key_filter(self, source: str, caption_config: str) -> pc.Expression:
         return (pc.field("source") == source) & (pc.field("caption_config") == caption_config)
