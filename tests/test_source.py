@@ -130,13 +130,13 @@ def test_listed_remote_shards_are_marked_and_downloaded_whole_whatever_their_pat
     assert [s.name for s in shards] == [f"{n:05d}.tar" for n in range(4)]
     assert all(s.remote and "://" not in s.url for s in shards)
     downloaded: list[str] = []
-    real = source._download
+    real = source.read.download
 
     def counting(shard: source.Shard) -> bytes:
         downloaded.append(shard.name)
         return real(shard)
 
-    monkeypatch.setattr(source, "_download", counting)
+    monkeypatch.setattr(source.read, "download", counting)
     got = [r["key"] for meta, _ in source.read_blocks(shards) for r in meta.to_pylist()]
     assert got == [f"k{n}" for n in range(4)] and downloaded == [s.name for s in shards]
 
@@ -221,3 +221,30 @@ def test_source_text_of_an_image_folder_from_its_metadata_jsonl(tmp_path: Path) 
     shards = list_shards(str(tmp_path))
     assert [s.name for s in shards] == ["a.jpg", "b.jpg", "sub/c.png"]  # metadata files are no rows
     assert [next(iter_shard(s)).text for s in shards] == ["an apple", None, "a cat"]
+
+
+def test_an_image_folder_over_fsspec_reads_as_the_same_folder_on_disk(tmp_path: Path) -> None:
+    """An image folder on an object store (fsspec's in-memory filesystem here): the same names,
+    order, bytes and metadata.jsonl texts as the same files read from disk, marked remote."""
+    import json
+
+    import fsspec
+
+    files = {"a.jpg": b"img-a", "b.png": b"img-b", "sub/c.webp": b"img-c",
+             "metadata.jsonl": (json.dumps({"file_name": "a.jpg", "text": "an apple"}) + "\n").encode(),
+             "sub/metadata.jsonl": json.dumps({"file_name": "c.webp", "caption": "a cat"}).encode()}
+    fs = fsspec.filesystem("memory")
+    for name, data in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+        fs.pipe(f"/folder-test/{name}", data)
+    local = list_shards(str(tmp_path))
+    remote = list_shards("memory://folder-test")
+    assert all(s.remote and s.kind == "image" for s in remote)
+
+    def rows(shards: list) -> list:
+        return [(s.name, x.key, x.image, x.image_ext, x.text) for s in shards for x in iter_shard(s)]
+
+    assert rows(remote) == rows(local) == [
+        ("a.jpg", "a", b"img-a", "jpg", "an apple"), ("b.png", "b", b"img-b", "png", None),
+        ("sub/c.webp", "sub/c", b"img-c", "webp", "a cat")]

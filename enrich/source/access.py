@@ -1,0 +1,54 @@
+"""Opening a source's files, and the retries of every remote read (listing, reading, downloading
+a shard) under ``retry.READ``: transient errors retried; what is left is SourceUnavailableError
+(exit 5); a source that does not exist, SourceError (exit 2)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import IO, Any, TypeVar
+
+from enrich.errors import SourceError, SourceUnavailableError, one_line
+from enrich.retry import READ, Retries, call, is_missing, read_transient
+
+_T = TypeVar("_T")
+
+
+def unavailable(what: str, exc: BaseException, attempts: int) -> SourceUnavailableError:
+    return SourceUnavailableError(f"{what}: still failing after {attempts} tries "
+                                  f"({type(exc).__name__}: {one_line(str(exc))[:300]}); rows "
+                                  "committed so far are safe, run the same command again later")
+
+
+def read_retries(what: str) -> Retries:
+    """The retries of one remote read that the caller loops over itself (``wait`` after each
+    transient failure, see ``retry.read_transient``)."""
+    return Retries(what, READ, lambda exc, n: unavailable(what, exc, n))
+
+
+def listing(shown: str, list_once: Callable[[], _T]) -> _T:
+    """``list_once()`` under the read retries; a source that does not exist or cannot be listed
+    is a SourceError naming ``shown`` (the spelling the user typed)."""
+    what = f"--source {shown!r}: listing shards"
+
+    def give_up(exc: BaseException, attempts: int) -> BaseException:
+        if isinstance(exc, SourceError):
+            return exc
+        if read_transient(exc):
+            return unavailable(what, exc, attempts)
+        why = "not found" if is_missing(exc) else "cannot list shards"
+        return SourceError(f"--source {shown!r}: {why} ({type(exc).__name__}: "
+                           f"{one_line(str(exc))[:300]})")
+
+    return call(list_once, what=what, policy=READ, transient=read_transient,  # type: ignore[return-value]
+                give_up=give_up)
+
+
+def opener_local(path: str) -> Callable[[], IO[bytes]]:
+    def _open() -> IO[bytes]:
+        return open(path, "rb")
+
+    return _open
+
+
+def opener_fs(fs: Any, path: str) -> Callable[[], IO[bytes]]:
+    return lambda: fs.open(path, "rb", block_size=8 * 1024 * 1024)
