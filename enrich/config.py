@@ -116,11 +116,6 @@ class RunConfig:
     engine_kwargs: Mapping[str, Any] = field(default_factory=dict)
     gpu_wait_s: float = 0.0
     dry_run_ms_per_image: float = 0.0
-    dry_run_startup_s: float = 0.0
-    # Fault drills only: source indices at which a dry-run replica dies (os._exit) once.
-    dry_run_crash_on: str = ""
-    # ...and at which it reports an engine error for the row (like a vLLM inference error).
-    dry_run_fail_on: str = ""
     commit_every: int = 2000
     commit_seconds: float = 60.0
     # Object-store tables: the run lease's time to live (renewed every third of it); a run whose
@@ -149,7 +144,7 @@ class RunConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.gpu_wait_s < 0:
             raise UsageError("--gpu-wait must be >= 0")
-        if self.dry_run_ms_per_image < 0 or self.dry_run_startup_s < 0:
+        if self.dry_run_ms_per_image < 0:
             raise UsageError("--dry-run-ms-per-image must be >= 0")
         if self.commit_seconds <= 0:
             raise UsageError("--commit-seconds must be > 0")

@@ -119,12 +119,15 @@ def test_driver_sigkilled_at_many_points(big_shards: Path, tmp_path: Path, ray_a
 
 
 # -- 2. engine replica dies --------------------------------------------------------------------
-def test_engine_replica_dies_mid_batch(shards: Path, tmp_path: Path) -> None:
+def test_engine_replica_dies_mid_batch(shards: Path, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from enrich.engines import dryrun
+
     clean = clean_run(shards, tmp_path / "clean", 120)
-    crash_on = "7,50,101"
+    monkeypatch.setattr(dryrun, "DRILL", dryrun.Drill(crash_on="7,50,101"))
     res = run(RunConfig(until=120, source=str(shards), table=str(tmp_path / "t"), engine="dry-run",
-                        checkpoint_dir=str(tmp_path / "ck"), commit_every=20, batch_size=16,
-                        dry_run_crash_on=crash_on), reporter=Reporter(total=120, quiet=True))
+                        checkpoint_dir=str(tmp_path / "ck"), commit_every=20, batch_size=16),
+              reporter=Reporter(total=120, quiet=True))
     fig = compare(clean, str(tmp_path / "t"))
     crashes = len(list((tmp_path / "ck").rglob("crashed-*")))
     record(drill="engine replica os._exit mid-batch (Ray restarts it, batch retried)",

@@ -84,8 +84,13 @@ def test_other_caption_config_captions_everything_again(shards: Path, tmp_path: 
     assert len(read_table(str(tmp_path / "t"))) == 80
 
 
-def test_failed_rows_are_retried_and_replaced(shards: Path, tmp_path: Path) -> None:
-    first = _run(_cfg(shards, tmp_path, 30, dry_run_fail_on="3,5"))
+def test_failed_rows_are_retried_and_replaced(shards: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from enrich.engines import dryrun
+
+    with monkeypatch.context() as drill:
+        drill.setattr(dryrun, "DRILL", dryrun.Drill(fail_on="3,5"))
+        first = _run(_cfg(shards, tmp_path, 30))
     rows = {r["source_index"]: r for r in read_table(str(tmp_path / "t")).to_pylist()}
     failed = {i for i, r in rows.items() if r["status"] == "failed"}
     assert {3, 5} <= failed and first.counts.by_status["failed"] == len(failed)
@@ -100,8 +105,12 @@ def test_failed_rows_are_retried_and_replaced(shards: Path, tmp_path: Path) -> N
     assert third.outcome == "nothing to do"
 
 
-def test_engine_starts_once_per_replica_over_many_commits(shards: Path, tmp_path: Path) -> None:
-    res = _run(_cfg(shards, tmp_path, 120, commit_every=8, concurrency=2, dry_run_startup_s=0.5))
+def test_engine_starts_once_per_replica_over_many_commits(shards: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from enrich.engines import dryrun
+
+    monkeypatch.setattr(dryrun, "DRILL", dryrun.Drill(startup_s=0.5))
+    res = _run(_cfg(shards, tmp_path, 120, commit_every=8, concurrency=2))
     assert res.commits >= 10
     assert res.engine_starts == 2
 

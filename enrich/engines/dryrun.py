@@ -2,7 +2,9 @@
 
 Its rows carry model ``dry-run`` (and so another caption config): they never count as
 captioned for a real model. ``--dry-run-ms-per-image`` makes it spend time like a GPU would,
-for fault drills and capacity planning; ``dry_run_startup_s`` mimics a model load.
+for fault drills and capacity planning. :data:`DRILL` is the fault drills' hook (a model load's
+wait, replicas that die, rows that fail): set by tests in the driver's process, never a user
+setting.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import io
 import os
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +33,17 @@ if TYPE_CHECKING:
 # the prepare tasks on a 2-core machine (a re-creation of the tutorial deadlocks there: actors
 # held both CPUs and the tasks never got one).
 REPLICA_CPUS = 0.0
+
+
+@dataclass(frozen=True)
+class Drill:
+    startup_s: float = 0.0  # each replica waits this long before its first batch (a model load)
+    crash_on: str = ""  # source indices, comma-separated, at which a replica dies (os._exit) once
+    fail_on: str = ""  # ...and at which it reports an engine error for the row (a vLLM error)
+
+
+# Fault drills only (tests set it with monkeypatch); read when a run builds its replicas.
+DRILL = Drill()
 
 
 def caption_array(rgb: np.ndarray) -> tuple[str, int]:
@@ -88,7 +102,7 @@ class DryRunCaptioner:
         errors = batch.column("error").to_pylist()
         for i in pending:
             if indices[i] in self.fail_on:
-                status[i], errors[i] = "failed", "engine error: injected by dry_run_fail_on"
+                status[i], errors[i] = "failed", "engine error: injected by the fault drill (fail_on)"
                 continue
             image = images[i]
             if image is None:  # a pending row always carries its prepared image
@@ -131,10 +145,10 @@ class DryRunEngine:
             fn_constructor_kwargs=dict(
                 image_size=self.cfg.image_size,
                 ms_per_image=self.cfg.dry_run_ms_per_image,
-                startup_s=self.cfg.dry_run_startup_s,
+                startup_s=DRILL.startup_s,
                 starts_dir=self.starts_dir,
-                crash_on=self.cfg.dry_run_crash_on,
-                fail_on=self.cfg.dry_run_fail_on,
+                crash_on=DRILL.crash_on,
+                fail_on=DRILL.fail_on,
             ),
             batch_size=self.cfg.engine_batch_size,
             batch_format="pyarrow",
