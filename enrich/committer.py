@@ -4,7 +4,6 @@ contiguous prefixes with the resume position in the same Delta commit."""
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import deque
 from datetime import datetime, timezone
@@ -15,7 +14,7 @@ import pyarrow as pa
 from enrich.config import RunConfig, enricher_version
 from enrich.plan import Plan
 from enrich.progress import Counts
-from enrich.sink import CaptionsTable, Progress
+from enrich.sink import CaptionsTable, Progress, run_metadata
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +88,9 @@ class Committer:
         self.commits += 1
 
     def _meta(self) -> dict[str, str]:
-        return {"enrich.run_id": self.run_id, "enrich.caption_config": self.caption_config,
-                "enrich.caption_config_json": self.cfg.caption.to_json(),
-                "enrich.source": self.plan.source, "enrich.enricher_version": self.version}
+        return run_metadata(run_id=self.run_id, source=self.plan.source,
+                            caption_config=self.caption_config,
+                            caption_config_json=self.cfg.caption.to_json(), enricher_version=self.version)
 
     def maybe_commit(self, *, final: bool = False) -> None:
         """Commit full slices of ``commit_every`` rows; the rest when ``commit_seconds`` have
@@ -125,17 +124,11 @@ class Committer:
         self.commits += 1
         self.last_commit = time.monotonic()
 
-
-def drain(pending: deque[tuple[str, list[dict[str, Any]]]], lock: threading.Lock,
-           committer: Committer) -> None:
-    """Move duplicates the reader decided into the committer: retry ones replace failed rows,
-    main ones wait in order for the engine rows around them."""
-    with lock:
-        while pending:
-            kind, dups = pending.popleft()
+    def take_duplicates(self, decided: list[tuple[str, list[dict[str, Any]]]]) -> None:
+        """Rows the reader decided itself (duplicates of earlier images): ``retry`` ones replace
+        failed rows, ``main`` ones wait in order for the engine rows around them."""
+        for kind, dups in decided:
             if kind == "retry":
-                committer.retry_buffer.extend(dups)
+                self.retry_buffer.extend(dups)
             else:
-                committer.hold(dups)
-
-
+                self.hold(dups)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import html
 import io
 import json
@@ -26,7 +27,7 @@ from enrich.errors import RunLockedError, TableError, UsageError
 from enrich.journal import read_journals
 from enrich.lease import DEFAULT_TTL_S
 from enrich.schemas import STATUSES
-from enrich.sink import META_PREFIX, CaptionsTable
+from enrich.sink import CaptionsTable
 
 FORMATS = ("table", "csv", "json")
 
@@ -92,24 +93,15 @@ def status_info(table_uri: str, checkpoint_dir: str = "./checkpoints") -> dict[s
     by = con.sql("SELECT source, caption_config, any_value(model) AS model, status, count(*) AS rows "
                  "FROM captions GROUP BY ALL ORDER BY source, caption_config, status")
     by = _arrow(by)
-    dt = table._delta()
-    positions: dict[str, dict[str, Any]] = {}
-    for entry in dt.history(200):
-        app = entry.get(META_PREFIX + "app_id")
-        if app and app not in positions:
-            positions[app] = {"source": entry.get(META_PREFIX + "source"),
-                              "caption_config": entry.get(META_PREFIX + "caption_config"),
-                              "next_index": dt.transaction_version(app),
-                              "shard": entry.get(META_PREFIX + "next_shard"),
-                              "offset": entry.get(META_PREFIX + "next_offset"),
-                              "exhausted": entry.get(META_PREFIX + "exhausted") == "true"}
+    positions = [dataclasses.asdict(st) for st in table.streams()]
     runs = []
     for j in read_journals(checkpoint_dir, table_uri)[-10:]:
         runs.append({"run_id": j["run_id"], "start": _ts(j.get("started_at")),
                      "end": _ts(j.get("ended_at")), "rows": j.get("rows"),
                      "rows_per_s": round(j.get("rows_per_s") or 0, 1), "outcome": j.get("outcome")})
-    return {"table": table_uri, "version": dt.version(), "files": len(dt.file_uris()),
-            "rows": by.to_pylist(), "resume_positions": list(positions.values()), "recent_runs": runs}
+    version, files = table.size()
+    return {"table": table_uri, "version": version, "files": files,
+            "rows": by.to_pylist(), "resume_positions": positions, "recent_runs": runs}
 
 
 def status(argv: Sequence[str]) -> int:
@@ -182,24 +174,15 @@ def compact(argv: Sequence[str]) -> int:
     while True:
         try:
             with table.lock(ttl_s=args.lock_ttl, run_id="compact"):
-                dt = table._delta()
-                before = len(dt.file_uris())
-                metrics = dt.optimize.compact()
-                try:
-                    removed = dt.vacuum(retention_hours=args.retention_hours,
-                                        enforce_retention_duration=True, dry_run=False)
-                except Exception as exc:  # noqa: BLE001 - delta-rs raises a bare Exception here
-                    raise UsageError(f"compact: {exc}") from None
-                dt.create_checkpoint()
-                after = len(table._delta().file_uris())
+                done = table.compact(retention_hours=args.retention_hours)
             break
         except RunLockedError:
             if time.monotonic() >= deadline:
                 raise
             time.sleep(1.0)
-    print(f"enrich compact: {before} -> {after} data files "
-          f"({metrics.get('numFilesRemoved', 0)} compacted into {metrics.get('numFilesAdded', 0)}); "
-          f"vacuumed {len(removed)} files older than {args.retention_hours} h")
+    print(f"enrich compact: {done['files_before']} -> {done['files_after']} data files "
+          f"({done['compacted']} compacted into {done['into']}); "
+          f"vacuumed {done['vacuumed']} files older than {args.retention_hours} h")
     return 0
 
 

@@ -15,19 +15,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
 
+from enrich.schemas import CAPTIONS
+
 if TYPE_CHECKING:
     import ray.data
 
-OUTPUT_SCHEMA = pa.schema([
-    pa.field("source_index", pa.int64()),
-    pa.field("status", pa.string()),
-    pa.field("error", pa.string()),
-    pa.field("caption", pa.string()),
-    pa.field("num_generated_tokens", pa.int32()),
-    pa.field("caption_truncated", pa.bool_()),
-    pa.field("image_width", pa.int32()),
-    pa.field("image_height", pa.int32()),
-])
+# The columns an engine adds, typed as the table (schemas/captions.json) types them. Nullable
+# here whatever the table says: the committer completes and checks the rows before a commit.
+OUTPUT_COLUMNS = ("source_index", "status", "error", "caption", "num_generated_tokens",
+                  "caption_truncated", "image_width", "image_height")
+OUTPUT_SCHEMA = pa.schema([pa.field(n, CAPTIONS.field(n).type) for n in OUTPUT_COLUMNS])
 
 
 def output_table(batch: pa.Table, status: list[str], errors: list[str | None],
@@ -35,16 +32,10 @@ def output_table(batch: pa.Table, status: list[str], errors: list[str | None],
                  truncated: list[bool | None]) -> pa.Table:
     """An engine's output rows for ``batch``: its identity and image size columns, and the
     per-row outcome lists given."""
-    return pa.table({
-        "source_index": batch.column("source_index"),
-        "status": pa.array(status, pa.string()),
-        "error": pa.array(errors, pa.string()),
-        "caption": pa.array(captions, pa.string()),
-        "num_generated_tokens": pa.array(tokens, pa.int32()),
-        "caption_truncated": pa.array(truncated, pa.bool_()),
-        "image_width": batch.column("image_width"),
-        "image_height": batch.column("image_height"),
-    }, schema=OUTPUT_SCHEMA)
+    given = {"status": status, "error": errors, "caption": captions, "num_generated_tokens": tokens,
+             "caption_truncated": truncated}
+    return pa.table([batch.column(f.name).cast(f.type) if f.name not in given
+                     else pa.array(given[f.name], f.type) for f in OUTPUT_SCHEMA], schema=OUTPUT_SCHEMA)
 
 
 class Engine(Protocol):
