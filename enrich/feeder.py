@@ -1,8 +1,11 @@
-"""The Ray side of the hand-off: the feeder actor that holds the chunks the driver read until
-the fetch stage takes them (bounded: memory stays flat), and the fetch stage itself."""
+"""The hand-off between the driver's reader and Ray: the feeder actor that holds the chunks the
+driver read until the fetch stage takes them (bounded: memory stays flat), the fetch stage
+itself, and :class:`Handoff`, the one owner of the feed thread and the ledger of chunks sent."""
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -104,3 +107,83 @@ class FetchChunks:
             yield assemble(ray.get(parts), rows)
 
 
+class Handoff:
+    """The hand-off from the reader to Ray and back to the committer, owned in one place: the
+    feeder actor (on the driver's node: losing another node must not lose its chunks), the feed
+    thread that puts the reader's chunks into it, and the ledger of what was sent.
+
+    The driver thread calls :meth:`received` for each batch it takes from Ray (a chunk is
+    released from the feeder once all its rows are back), :meth:`take_duplicates` for the rows
+    the reader decided itself, and :meth:`finish` at the end (raises the reader's error, if any).
+    """
+
+    def __init__(self, name: str, chunks_in_flight: int, first: Any, chunks: Iterator[Any],
+                 reader: Any, flow: Any) -> None:
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.name = name
+        self.feeder = make_feeder_class().options(name=name, scheduling_strategy=here).remote(
+            chunks_in_flight)
+        self._first, self._chunks, self._reader, self._flow = first, chunks, reader, flow
+        self._lock = threading.Lock()
+        self._dups: deque[tuple[str, list[dict[str, Any]]]] = deque()  # (kind, rows) in order
+        self._sent: deque[tuple[int, int]] = deque()  # (chunk id, rows sent to Ray) in order
+        self._received = 0  # rows of the oldest unreleased chunk back so far
+        self._error: list[BaseException] = []
+        self._thread = threading.Thread(target=self._feed, name="enrich-reader", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _feed(self) -> None:
+        import ray
+
+        j = 0
+        try:
+            item = self._first
+            while item is not None:
+                rows = item.table()
+                with self._lock:
+                    self._dups.append((item.kind, item.dups))
+                    self._sent.append((j, rows.num_rows))
+                ray.get(self.feeder.put.remote(j, [item.parts, rows]))
+                self._flow.read += item.source_rows
+                j += 1
+                item = next(self._chunks, None)
+            self._flow.exhausted = self._reader.exhausted
+            ray.get(self.feeder.finish.remote(j))
+        except BaseException as exc:  # noqa: BLE001 - raised in the driver thread by finish()
+            self._error.append(exc)
+            ray.get(self.feeder.finish.remote(j, f"source read failed: {type(exc).__name__}: {exc}"))
+
+    def received(self, rows: int) -> None:
+        """``rows`` more rows came back from Ray: release the chunks that are now all back."""
+        done = None
+        with self._lock:
+            self._received += rows
+            while self._sent and self._sent[0][1] <= self._received:
+                self._received -= self._sent[0][1]
+                done = self._sent.popleft()[0]
+        if done is not None:
+            self.feeder.release.remote(done)
+
+    def take_duplicates(self) -> list[tuple[str, list[dict[str, Any]]]]:
+        """The duplicate rows the reader decided since the last call, as (kind, rows) in order:
+        ``retry`` ones replace failed rows, ``main`` ones wait for the engine rows around them."""
+        with self._lock:
+            out = list(self._dups)
+            self._dups.clear()
+        return out
+
+    def finish(self) -> None:
+        """After Ray's stream ended: the feed thread is done; its error, if any, is raised."""
+        self._thread.join()
+        if self._error:
+            raise self._error[0]
+
+    def close(self) -> None:
+        import ray
+
+        ray.kill(self.feeder)

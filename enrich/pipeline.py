@@ -2,7 +2,7 @@
 
 Who does what, and why:
 
-* **Read tasks** (reader.py, source.py) read and hash the shards, as many at once as the cluster
+* **Read tasks** (reader.py, source/read.py) read and hash the shards, as many at once as the cluster
   has CPUs; the **driver** takes only their small metadata tables, numbers the rows in canonical
   order and decides skips, because numbering and first-occurrence are sequential facts.
   Duplicates never leave the driver; image bytes never enter it. The rest goes out in chunks.
@@ -19,10 +19,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -30,11 +28,11 @@ from typing import Any
 
 import pyarrow as pa
 
-from enrich.committer import Committer, drain
+from enrich.committer import Committer
 from enrich.config import RunConfig, source_env_from_env, storage_options_from_env
 from enrich.engines.base import Engine
 from enrich.errors import UsageError
-from enrich.feeder import MAX_RANGE_BLOCKS, FetchChunks, make_feeder_class
+from enrich.feeder import MAX_RANGE_BLOCKS, FetchChunks, Handoff
 from enrich.journal import Journal
 from enrich.plan import Plan, make_plan
 from enrich.progress import Counts, Flow, Reporter
@@ -249,46 +247,17 @@ def _execute(cfg: RunConfig, table: CaptionsTable, plan: Plan, engine: Engine, r
     n_chunks = math.ceil(retry_n / reader.chunk_rows) + math.ceil(
         max(0, cfg.until - plan.progress.next_index) / reader.chunk_rows) + 2
     per_block = max(1, math.ceil(n_chunks / MAX_RANGE_BLOCKS))
-    feeder_name = f"enrich-feeder-{run_id}"
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    # The feeder lives on the driver's node: losing another node must not lose its chunks.
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    feeder = make_feeder_class().options(name=feeder_name, scheduling_strategy=here).remote(
-        chunks_in_flight(cfg, reader.parallel, engine.batches_in_flight, reader.chunk_rows))
+    handoff = Handoff(f"enrich-feeder-{run_id}",
+                      chunks_in_flight(cfg, reader.parallel, engine.batches_in_flight, reader.chunk_rows),
+                      first, chunks, reader, flow)
     committer = Committer(cfg, table, plan, reader, run_id, counts)
     retry_indices = set(reader.retry_rows.column("source_index").to_pylist())
-    held_lock = threading.Lock()
-    pending_dups: deque[tuple[str, list[dict[str, Any]]]] = deque()
-    reader_error: list[BaseException] = []
-
-    sent: deque[tuple[int, int]] = deque()  # (chunk id, rows sent to Ray) in order
-    received = 0
-
-    def feed() -> None:
-        j = 0
-        try:
-            item: Chunk | None = first
-            while item is not None:
-                rows = item.table()
-                with held_lock:
-                    pending_dups.append((item.kind, item.dups))
-                    sent.append((j, rows.num_rows))
-                ray.get(feeder.put.remote(j, [item.parts, rows]))
-                flow.read += item.source_rows
-                j += 1
-                item = next(chunks, None)
-            flow.exhausted = reader.exhausted
-            ray.get(feeder.finish.remote(j))
-        except BaseException as exc:  # noqa: BLE001 - handed to the driver thread below
-            reader_error.append(exc)
-            ray.get(feeder.finish.remote(j, f"source read failed: {type(exc).__name__}: {exc}"))
 
     # The chunk numbers, as blocks made here rather than by read tasks: `ray.data.range` runs
     # read tasks of 1 CPU each, which cannot start once the engine's actors hold the CPUs.
     ds: ray.data.Dataset = ray.data.from_items([{"id": j} for j in range(n_chunks)],
                              override_num_blocks=math.ceil(n_chunks / per_block))
-    ds = ds.map_batches(FetchChunks, fn_constructor_kwargs={"feeder_name": feeder_name},
+    ds = ds.map_batches(FetchChunks, fn_constructor_kwargs={"feeder_name": handoff.name},
                         # waiting on the feeder is all it does: no CPU reserved (on 2 cores a
                         # reserved slot here would starve prepare: actors keep their CPUs)
                         batch_size=None, batch_format="numpy", num_cpus=0,
@@ -298,33 +267,23 @@ def _execute(cfg: RunConfig, table: CaptionsTable, plan: Plan, engine: Engine, r
                         batch_format="pyarrow", num_cpus=engine.prepare_cpus())
     ds = engine.apply(ds)
 
-    thread = threading.Thread(target=feed, name="enrich-reader", daemon=True)
-    thread.start()
+    handoff.start()
     try:
         batch: pa.Table
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None,  # type: ignore[assignment]
                                      prefetch_batches=2):
-            drain(pending_dups, held_lock, committer)
+            committer.take_duplicates(handoff.take_duplicates())
             committer.accept(batch, retry_indices)
-            received += batch.num_rows
-            done_chunk = None
-            with held_lock:
-                while sent and sent[0][1] <= received:
-                    received -= sent[0][1]
-                    done_chunk = sent.popleft()[0]
-            if done_chunk is not None:
-                feeder.release.remote(done_chunk)
+            handoff.received(batch.num_rows)
             committer.maybe_commit()
             flow.committed = committer.committed
             reporter.update(counts)
-        thread.join()
-        if reader_error:
-            raise reader_error[0]
-        drain(pending_dups, held_lock, committer)
+        handoff.finish()
+        committer.take_duplicates(handoff.take_duplicates())
         committer.maybe_commit(final=True)
         flow.committed = committer.committed
     finally:
-        ray.kill(feeder)
+        handoff.close()
     reporter.update(counts, phase="done")
     starts = journal.engine_starts()
     return RunResult(run_id, counts, committer.committed, committer.commits,
