@@ -61,6 +61,14 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         ray.shutdown()
 
 
+@pytest.fixture(autouse=True)
+def _one_test_cluster(ray_address: str) -> str:
+    """Every test runs with the session's Ray cluster up, whatever ran before it: an in-process
+    run() joins it (enrich starts its own Ray only where none is initialised), so no test's
+    outcome depends on the order, and no test starts a cluster of its own by accident."""
+    return ray_address
+
+
 @pytest.fixture(scope="session")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """4 shards x 30 samples (shard number 00002 missing), with duplicates and corrupt members."""

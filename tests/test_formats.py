@@ -4,36 +4,56 @@ and a larger --until, work unchanged."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from enrich.source import iter_shard, list_shards
 from tests.conftest import cli
 from tests.helpers import outcome
 from tests.test_kill_resume import kill_after
 
 
+def _tar_images(path: Path) -> list[tuple[str, str, bytes]]:
+    """(key, extension, bytes) of every image member of a tar shard, in tar order, read with
+    Python's tarfile (not enrich's reader): the oracle the other formats are built from. Each
+    image member is one sample (webdataset: a second image under one key starts a new one)."""
+    import tarfile
+
+    out = []
+    try:
+        with tarfile.open(path) as tar:
+            for m in tar:
+                stem, _, ext = m.name.rpartition("/")[2].partition(".")
+                f = tar.extractfile(m) if m.isfile() else None
+                if f is not None and ext.lower() in ("jpg", "jpeg", "png", "webp"):
+                    key = f"{m.name.rpartition('/')[0]}/{stem}" if "/" in m.name else stem
+                    out.append((key, ext.lower(), f.read()))
+    except (tarfile.ReadError, EOFError):
+        pass  # a truncated shard: what was read before the break
+    return out
+
+
 @pytest.fixture(scope="module")
 def converted(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, int]:
-    """The tar shards' samples as parquet files ({bytes, path} structs, one file per shard,
+    """The tar shards' images as parquet files ({bytes, path} structs, one file per shard,
     plus a broken file at the end) and as an image folder. Returns (parquet dir, folder, rows)."""
     out = tmp_path_factory.mktemp("formats")
     pq_dir, folder = out / "parquet", out / "images"
     pq_dir.mkdir()
     rows = 0
-    for shard in list_shards(str(shards)):
-        samples = [s for s in iter_shard(shard) if s.error is None and s.image is not None]
-        stem = shard.name.removesuffix(".tar")
-        images = [{"bytes": s.image, "path": f"{s.key}.{s.image_ext}"} for s in samples]
-        pq.write_table(pa.table({"id": [s.key for s in samples], "image": images}),
+    for tar in sorted(shards.glob("*.tar")):
+        samples = _tar_images(tar)
+        stem = tar.name.removesuffix(".tar")
+        images = [{"bytes": data, "path": f"{key}.{ext}"} for key, ext, data in samples]
+        pq.write_table(pa.table({"id": [key for key, _, _ in samples], "image": images}),
                        pq_dir / f"{stem}.parquet", row_group_size=7)
-        for s in samples:
-            target = folder / stem / f"{s.key}.{s.image_ext}"
+        for key, ext, data in samples:
+            target = folder / stem / f"{key}.{ext}"
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(s.image or b"")
+            target.write_bytes(data)
         rows += len(samples)
     (pq_dir / "99999.parquet").write_bytes(b"PAR1 this is not parquet")
     return pq_dir, folder, rows
@@ -51,7 +71,7 @@ def statuses(table: Path) -> list[tuple[str, str | None]]:
     return [got[i][:2] for i in sorted(got)]
 
 
-def test_parquet_and_image_folder_give_the_same_rows(converted: tuple[Path, Path, int],
+def test_parquet_and_image_folder_give_the_same_rows(converted: tuple[Path, Path, int], shards: Path,
                                                      tmp_path: Path, ray_address: str) -> None:
     pq_dir, folder, n = converted
     for res in (cli(*args(pq_dir, tmp_path / "pq" / "t", n, ray_address)),
@@ -60,6 +80,15 @@ def test_parquet_and_image_folder_give_the_same_rows(converted: tuple[Path, Path
     pq_rows, img_rows = statuses(tmp_path / "pq" / "t"), statuses(tmp_path / "img" / "t")
     assert len(pq_rows) == len(img_rows) == n
     assert pq_rows == img_rows  # same images, same canonical order, same decisions
+    # ...and the same as the tar shards they came from: the tar run's rows that have an image
+    # (the conversion keeps only those), each hash that of the bytes tarfile read
+    tar = cli(*args(shards, tmp_path / "tar" / "t", 10_000, ray_address))
+    assert tar.returncode == 0, tar.stderr[-2000:]
+    tar_rows = [r for r in statuses(tmp_path / "tar" / "t") if r[1] is not None]
+    assert pq_rows == tar_rows
+    oracle = [hashlib.sha256(data).hexdigest()
+              for t in sorted(shards.glob("*.tar")) for _, _, data in _tar_images(t)]
+    assert [h for _, h in pq_rows] == oracle
     counts = {s: sum(1 for st, _ in pq_rows if st == s) for s in ("captioned", "duplicate", "rejected")}
     assert all(counts.values()), counts  # the data has duplicates and corrupt images
     # past the last good file: the broken parquet file is one row saying why

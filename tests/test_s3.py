@@ -127,13 +127,15 @@ def _lease_env(monkeypatch: pytest.MonkeyPatch, s3_env: dict[str, str]) -> None:
 
 
 def test_a_live_lease_refuses_a_second_run_and_compact_before_ray(
-        s3_env: dict[str, str], shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        s3_env: dict[str, str], shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        ray_address: str) -> None:
     from enrich.lease import ObjectStoreLease
 
     _lease_env(monkeypatch, s3_env)
     uri = "s3://captions-bucket/leased"
     first = cli("--until", "20", "--source", str(shards), "--engine", "dry-run", "--table", uri,
-                "--checkpoint-dir", str(tmp_path / "ck"), "--num-cpus", "2", "--quiet", timeout=300)
+                "--checkpoint-dir", str(tmp_path / "ck"), "--ray-address", ray_address, "--quiet",
+                timeout=300)
     assert first.returncode == 0, first.stderr
     with ObjectStoreLease(uri, run_id="the-first-run").hold():
         second = cli("--until", "40", "--source", str(shards), "--engine", "dry-run", "--table", uri,

@@ -99,10 +99,12 @@ def test_rerun_of_the_same_until_starts_no_engine(clean_run: tuple[Path, Path, f
                                                   tiny_model: Path, tmp_path: Path) -> None:
     table, _, _ = clean_run
     before = read_table(str(table)).num_rows
-    t0 = time.monotonic()
-    res = cli("--until", str(UNTIL), *vllm_args(tiny_model, table, tmp_path))
+    # A Ray address where nothing listens: a run that started Ray (and so an engine) would be
+    # refused there (exit 2); the answer comes from the Delta log alone.
+    res = cli("--until", str(UNTIL), *vllm_args(tiny_model, table, tmp_path),
+              "--ray-address", "127.0.0.1:1", timeout=120)
     assert res.returncode == 0, res.stderr
-    assert time.monotonic() - t0 < 30  # read from the Delta log alone: no Ray, no vLLM start
+    assert "nothing to do" in res.stderr + res.stdout
     assert "vllm" not in res.stderr.lower() and read_table(str(table)).num_rows == before
 
 
@@ -129,21 +131,22 @@ def test_sigkill_mid_run_then_rerun_equals_clean_run(clean_run: tuple[Path, Path
     assert same == len(clean), f"{len(clean) - same} captions differ at temperature 0"
 
 
-def test_engine_failure_becomes_failed_rows_then_retried(tiny_model: Path, tmp_path: Path) -> None:
+def test_engine_failure_becomes_failed_rows_then_retried(tiny_model: Path, tmp_path: Path,
+                                                         ray_address: str) -> None:
     """A real vLLM rejection: a --max-model-len below the prompt's length. vLLM refuses each
     request (VLLMValidationError); the rows are recorded `failed` with its text, and a rerun with
-    a normal length captions them. This run starts its own local Ray with 4 CPUs."""
+    a normal length captions them. On the session's test cluster."""
     table, until = tmp_path / "t", 16
     res = cli("--until", str(until), *vllm_args(tiny_model, table, tmp_path),
-              "--max-model-len", "60", "--num-cpus", "4", timeout=600)
+              "--max-model-len", "60", "--ray-address", ray_address, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     first = rows_by_index(table)
     failed = [r for r in first.values() if r["status"] == "failed"]
     assert failed and all(r["status"] in ("failed", "rejected", "duplicate") for r in first.values())
     assert all("VLLMValidationError" in r["error"] and "maximum context length" in r["error"]
                for r in failed)
-    res = cli("--until", str(until), *vllm_args(tiny_model, table, tmp_path), "--num-cpus", "4",
-              timeout=600)
+    res = cli("--until", str(until), *vllm_args(tiny_model, table, tmp_path), "--ray-address",
+              ray_address, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     second = rows_by_index(table)
     assert sorted(second) == sorted(first)
@@ -157,10 +160,10 @@ def test_engine_failure_becomes_failed_rows_then_retried(tiny_model: Path, tmp_p
 
 
 def test_too_few_cpus_is_refused_at_once(tiny_model: Path, tmp_path: Path) -> None:
-    t0 = time.monotonic()
-    res = cli("--until", "8", *vllm_args(tiny_model, tmp_path / "t", tmp_path), "--num-cpus", "1")
+    # bounded by the timeout (a hang fails the test), not timed: timings belong to benchmarks
+    res = cli("--until", "8", *vllm_args(tiny_model, tmp_path / "t", tmp_path), "--num-cpus", "1",
+              timeout=300)
     assert res.returncode == 2
-    assert time.monotonic() - t0 < 60
     line = res.stderr.strip().splitlines()[-1]
     assert "needs at least 1.5 CPUs" in line and "has 1" in line
     assert not (tmp_path / "t" / "_delta_log").exists() or not read_table(str(tmp_path / "t")).num_rows

