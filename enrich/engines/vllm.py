@@ -17,25 +17,28 @@ data URL, chat template, tokenizer, detokenizer) that each import vLLM. The repl
 the minimum per row: decode a 225² JPEG, hand it to vLLM with the fixed prompt, take the text
 when the request finishes.
 
-Pure parts (no Ray, no vllm): :func:`engine_kwargs`, :class:`CpuPlan`, :func:`render_prompt`,
-:func:`caption_from_output`, :func:`caption_outputs`. The Ray adapter is :class:`VLLMEngine`;
-the replica is :class:`VLLMCaptioner`.
+Here: the engine's settings (pure: :func:`engine_kwargs`, :class:`CpuPlan`) and its Ray adapter
+:class:`VLLMEngine`. The replica (:class:`VLLMCaptioner`, its renderers and engine loop) is in
+``vllm_replica.py``.
 """
-
 from __future__ import annotations
 
-import io
-import itertools
 import os
-import queue
-import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-
-from enrich.engines.base import output_table
+from enrich.engines.vllm_replica import (  # the replica; its names are part of this engine's API
+    Caption,
+    EngineLoop,
+    ProcessRenderer,
+    ThreadRenderer,
+    VLLMCaptioner,
+    caption_from_output,
+    caption_outputs,
+    chat,
+    render_prompt,
+)
 from enrich.errors import NoAcceleratorError, UsageError
 
 if TYPE_CHECKING:
@@ -77,7 +80,6 @@ GPU_ENGINE_DEFAULTS: dict[str, Any] = {
 # process (a busy loop of its own).
 RENDER_PROCESSES = 2
 RENDER_THREADS = 4
-RENDER_START_S = 300.0
 REPLICA_CPUS = 3.0
 # Batches a replica works on at once (Ray actor concurrency): the next batch is rendered and
 # queued while the last rows of the previous one finish, so the engine never drains.
@@ -176,388 +178,6 @@ def engine_kwargs(cfg: RunConfig) -> dict[str, Any]:
 
 def sampling_params(cfg: RunConfig) -> dict[str, Any]:
     return {"temperature": cfg.temperature, "max_tokens": cfg.max_tokens}
-
-
-def chat(system_prompt: str, prompt: str) -> list[dict[str, Any]]:
-    """The conversation every row sends: the system prompt, then one image and the prompt."""
-    return [
-        {"role": "system", "content": system_prompt},
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]},
-    ]
-
-
-IMAGE_PLACEHOLDER = "<|image_pad|>"
-
-
-def render_prompt(tokenizer: Any, system_prompt: str, prompt: str) -> str:
-    """The model's chat template applied once: the prompt text every row shares. vLLM expands
-    its one image placeholder into the image's tokens."""
-    text = tokenizer.apply_chat_template(chat(system_prompt, prompt), tokenize=False,
-                                         add_generation_prompt=True)
-    if text.count(IMAGE_PLACEHOLDER) != 1:
-        raise UsageError(f"the model's chat template did not place one image ({IMAGE_PLACEHOLDER}) "
-                         "in the prompt: --engine vllm supports Qwen2-VL-family models")
-    return str(text)
-
-
-@dataclass
-class Caption:
-    """One row's outcome from the engine."""
-
-    text: str | None = None
-    tokens: int | None = None
-    truncated: bool | None = None
-    error: str | None = None
-
-
-def caption_from_output(output: Any) -> Caption:
-    """A finished ``vllm.RequestOutput`` → the row's caption (pure: reads attributes only)."""
-    completion = output.outputs[0]
-    text = (completion.text or "").strip()
-    tokens = len(completion.token_ids)
-    if not text:
-        return Caption(tokens=tokens, error="engine returned an empty caption")
-    return Caption(text=text, tokens=tokens, truncated=completion.finish_reason == "length")
-
-
-def caption_outputs(batch: pa.Table, results: dict[int, Caption]) -> pa.Table:
-    """The engine output rows of ``batch``: rows at the positions in ``results`` get their
-    caption (or failure); every other row passes through with its own status."""
-    status = batch.column("status").to_pylist()
-    errors = batch.column("error").to_pylist()
-    n = batch.num_rows
-    captions: list[str | None] = [None] * n
-    tokens: list[int | None] = [None] * n
-    truncated: list[bool | None] = [None] * n
-    for i, c in results.items():
-        if c.error is not None:
-            status[i], errors[i] = "failed", c.error[:2000]
-        else:
-            status[i], errors[i] = "captioned", None
-            captions[i], tokens[i], truncated[i] = c.text, c.tokens, c.truncated
-    return output_table(batch, status, errors, captions, tokens, truncated)
-
-
-class EngineDead(RuntimeError):
-    """The replica's engine stopped (its core process died, CUDA failed): no row is to blame."""
-
-
-class _Unreadable(ValueError):
-    """A row's prepared JPEG did not decode (its row fails, worded as such)."""
-
-
-def _decode(jpeg: bytes) -> Any:
-    from PIL import Image
-
-    try:
-        return Image.open(io.BytesIO(jpeg)).convert("RGB")
-    except Exception as exc:  # noqa: BLE001 - prepare made this JPEG; never expected
-        raise _Unreadable(f"prepared image unreadable: {type(exc).__name__}: {exc}") from exc
-
-
-class ThreadRenderer:
-    """vLLM's input processing (decode the prepared JPEG, the HF image processor, the tokenizer)
-    in threads of the replica's own process: ``LLM``'s own render step, the same call
-    ``LLM.generate`` makes per prompt. Most of it holds the GIL, so threads add little; used on
-    the CPU backend, where the model itself is the bound."""
-
-    def __init__(self, llm: Any, prompt: str, threads: int) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.llm, self.prompt = llm, prompt
-        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="enrich-render")
-
-    def submit(self, jpeg: bytes) -> Any:
-        return self.pool.submit(self._render, jpeg)
-
-    def _render(self, jpeg: bytes) -> Any:
-        return self.llm._preprocess_cmpl_one(
-            {"prompt": self.prompt, "multi_modal_data": {"image": _decode(jpeg)}}, None)
-
-    @staticmethod
-    def load(result: Any) -> Any:
-        return result
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
-
-
-# The render processes' own state (one renderer per process, built on its first row).
-_PROCESS: dict[str, Any] = {}
-
-
-def _render_process_init(config_file: str) -> None:
-    import torch
-
-    torch.set_num_threads(1)  # one process per core: no intra-op threads for small tensors
-    _PROCESS["config_file"] = config_file
-    import vllm.renderers  # noqa: F401 - the slow imports, done while the engine starts
-
-
-def _render_process_ready() -> bool:
-    return True
-
-
-def _render_in_process(jpeg: bytes) -> bytes:
-    """One row's processed request, pickled. What ``LLM._preprocess_cmpl_one`` does (vLLM
-    0.24–0.29: parse the prompt, ``render_cmpl`` with the default tokenization), on a renderer
-    built from the replica's own engine config, so the request is the one its engine would
-    have made (tests compare the captions)."""
-    import pickle
-
-    if "renderer" not in _PROCESS:
-        from vllm.renderers import renderer_from_config
-
-        with open(_PROCESS["config_file"], "rb") as f:
-            config, _PROCESS["prompt"] = pickle.load(f)
-        _PROCESS["model_config"] = config.model_config
-        _PROCESS["renderer"] = renderer_from_config(config)
-    from vllm.renderers.inputs.preprocess import parse_model_prompt
-
-    renderer = _PROCESS["renderer"]
-    prompt = parse_model_prompt(_PROCESS["model_config"], {
-        "prompt": _PROCESS["prompt"], "multi_modal_data": {"image": _decode(jpeg)}})
-    (engine_input,) = renderer.render_cmpl([prompt], renderer.default_cmpl_tok_params)
-    return pickle.dumps(engine_input, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-class ProcessRenderer:
-    """vLLM's input processing in ``processes`` separate processes (spawned, each with its own
-    GIL), the processed requests pickled back (~0.3 MB each, tensors included) and handed to
-    the replica's engine as ``LLM`` would hand its own. On one H200 a replica's input
-    processing in threads ran ~1.2 threads' worth (PERFORMANCE.md).
-
-    The processes start before the engine is built (their imports overlap its start-up) and
-    read the engine's config and the prompt, written to ``config_file`` once the engine exists,
-    on their first row."""
-
-    def __init__(self, processes: int, config_file: str) -> None:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        self.config_file = config_file
-        self.pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_render_process_init,
-                                        initargs=(config_file,))
-        # one task per process: the pool starts a process for each while none is idle
-        self.started = [self.pool.submit(_render_process_ready) for _ in range(processes)]
-
-    def publish(self, engine_config: Any, prompt: str, timeout_s: float) -> None:
-        """Hand the engine's config and the prompt to the processes (before the first row), and
-        wait until each process has started: raises if one could not."""
-        import pickle
-
-        tmp = f"{self.config_file}.part"
-        with open(tmp, "wb") as f:
-            pickle.dump((engine_config, prompt), f)
-        os.replace(tmp, self.config_file)
-        for fut in self.started:
-            fut.result(timeout=timeout_s)
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
-
-    def submit(self, jpeg: bytes) -> Any:
-        return self.pool.submit(_render_in_process, jpeg)
-
-    @staticmethod
-    def load(result: bytes) -> Any:
-        import pickle
-
-        return pickle.loads(result)
-
-
-class _Batch:
-    """One caller's rows on their way through the engine loop."""
-
-    def __init__(self, n: int) -> None:
-        self.left = n
-        self.results: dict[int, Caption] = {}
-        self.done = threading.Event()
-        # finished from the caller's thread (a refused render) and the loop's (a caption)
-        self._lock = threading.Lock()
-
-    def finish(self, pos: int, caption: Caption) -> None:
-        with self._lock:
-            self.results[pos] = caption
-            self.left -= 1
-            if self.left == 0:
-                self.done.set()
-
-
-class EngineLoop:
-    """Owns a ``vllm.LLM``'s engine: one thread adds rendered requests and steps the engine, for
-    every batch in flight on this replica, so the engine keeps ``max_num_seqs`` sequences
-    running across batch boundaries instead of draining at the end of each batch.
-
-    The multimodal input processing (the HF image processor, the tokenizer) is the costly part
-    per row outside the GPU and ran serially in ``LLM.generate``; here callers hand it to the
-    ``renderer`` (a process or thread pool) while the loop thread alone talks to the engine (its
-    sockets are not thread-safe). ``lookahead`` bounds the rendered requests held per replica
-    (each holds its image's pixel tensor): a row's JPEG goes to the renderer only when its slot
-    is free, not a whole batch at once ahead of the engine."""
-
-    def __init__(self, llm: Any, params: Any, *, renderer: Any, lookahead: int) -> None:
-        self.params, self.renderer = params, renderer
-        self.engine = llm.llm_engine
-        self.slots = threading.Semaphore(lookahead)
-        self.inbox: queue.Queue[tuple[str, Any, _Batch, int]] = queue.Queue()
-        self.waiting: dict[str, tuple[_Batch, int]] = {}
-        self.ids = itertools.count()
-        self.dead: BaseException | None = None
-        threading.Thread(target=self._run, name="enrich-engine", daemon=True).start()
-
-    def caption(self, images: list[tuple[int, bytes]]) -> dict[int, Caption]:
-        """Caption ``images`` (position, prepared JPEG); returns position → caption. Raises
-        :class:`EngineDead` when the engine stops."""
-        if not images:
-            return {}
-        batch = _Batch(len(images))
-        futures: list[tuple[int, Any]] = []
-        for pos, jpeg in images:
-            while not self.slots.acquire(timeout=0.05):
-                self._hand_over_done(batch, futures)
-            if self.dead is not None:
-                raise EngineDead(str(self.dead))
-            futures.append((pos, self.renderer.submit(jpeg)))
-            self._hand_over_done(batch, futures)
-        for pos, fut in futures:
-            self._hand_over(batch, pos, fut)
-        while not batch.done.wait(1.0):
-            if self.dead is not None:
-                raise EngineDead(str(self.dead))
-        return batch.results
-
-    def _hand_over_done(self, batch: _Batch, futures: list[tuple[int, Any]]) -> None:
-        """Hand the rendered requests at the head of ``futures`` to the loop, in order."""
-        while futures and futures[0][1].done():
-            self._hand_over(batch, *futures.pop(0))
-
-    def _hand_over(self, batch: _Batch, pos: int, fut: Any) -> None:
-        from concurrent.futures import BrokenExecutor
-
-        try:
-            rendered = self.renderer.load(fut.result())
-        except BrokenExecutor as exc:  # a render process died: the replica, not the row
-            raise EngineDead(f"render pool broken: {exc}") from exc
-        except _Unreadable as exc:
-            self.slots.release()
-            batch.finish(pos, Caption(error=str(exc)))
-            return
-        except Exception as exc:  # noqa: BLE001 - vLLM refused this row's input: the row fails
-            self.slots.release()
-            batch.finish(pos, Caption(error=f"engine error: {type(exc).__name__}: {exc}"))
-            return
-        self.inbox.put((str(next(self.ids)), rendered, batch, pos))
-
-    def _add_queued(self, block: bool) -> None:
-        while True:
-            try:
-                rid, rendered, batch, pos = self.inbox.get(block=block)
-            except queue.Empty:
-                return
-            block = False
-            try:
-                self.engine.add_request(rid, rendered, self.params)
-            except Exception as exc:  # noqa: BLE001 - refused at admission: the row fails
-                if _fatal(exc):
-                    raise
-                self.slots.release()
-                batch.finish(pos, Caption(error=f"engine error: {type(exc).__name__}: {exc}"))
-                continue
-            self.waiting[rid] = (batch, pos)
-
-    def _run(self) -> None:
-        try:
-            while True:
-                self._add_queued(block=not self.engine.has_unfinished_requests())
-                if not self.engine.has_unfinished_requests():
-                    continue
-                for out in self.engine.step():
-                    if out.finished and out.request_id in self.waiting:
-                        batch, pos = self.waiting.pop(out.request_id)
-                        self.slots.release()
-                        batch.finish(pos, caption_from_output(out))
-        except BaseException as exc:  # noqa: BLE001 - every caller learns that the engine is gone
-            self.dead = exc  # callers see it within a second and end the replica
-            self.slots.release(1_000_000)
-
-
-def _fatal(exc: BaseException) -> bool:
-    """An error that leaves the engine unusable (its core process died): no row is to blame."""
-    return type(exc).__name__ in ("EngineDeadError", "EngineGenerateError") or isinstance(
-        exc, (MemoryError, SystemError))
-
-
-class VLLMCaptioner:
-    """One engine replica (a Ray actor): a ``vllm.LLM``, the prompt every row shares, and the
-    loop that feeds it. Ray Data runs two batches on it at once (``BATCHES_IN_FLIGHT``)."""
-
-    def __init__(self, *, llm_kwargs: dict[str, Any], system_prompt: str, prompt: str,
-                 params: dict[str, Any], render_threads: int, render_processes: int,
-                 lookahead: int) -> None:
-        import sys
-        import tempfile
-
-        t_start = time.time()
-
-        import torch
-        from vllm import LLM, SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
-        # Parallelism comes from the render threads or processes; one intra-op thread each for
-        # the image processor's small tensors.
-        torch.set_num_threads(1)
-        procs = None
-        if render_processes > 0:  # started first: their imports overlap the engine's start-up
-            procs = ProcessRenderer(render_processes,
-                                    os.path.join(tempfile.mkdtemp(prefix="enrich-render-"), "engine.pkl"))
-        t_imported = time.time()
-        llm = LLM(**llm_kwargs)
-        t_engine = time.time()
-        sampling = SamplingParams(**params)
-        sampling.output_kind = RequestOutputKind.FINAL_ONLY  # as LLM.generate asks: no streaming
-        text = render_prompt(llm.get_tokenizer(), system_prompt, prompt)
-        renderer: ThreadRenderer | ProcessRenderer | None = None
-        if procs is not None:
-            try:
-                procs.publish(llm.llm_engine.vllm_config, text, timeout_s=RENDER_START_S)
-                renderer = procs
-            except Exception as exc:  # noqa: BLE001 - slower, not wrong: the replica still runs
-                procs.close()
-                print(f"enrich: render processes did not start ({type(exc).__name__}: {exc}); "
-                      f"rendering in {render_threads} threads instead", file=sys.stderr, flush=True)
-        if renderer is None:
-            renderer = ThreadRenderer(llm, text, render_threads)
-        self.llm, self.renderer = llm, renderer
-        self.loop = EngineLoop(llm, sampling, renderer=renderer, lookahead=lookahead)
-        # One line in the replica's log (Ray's worker logs) that splits its start-up; the GPU
-        # benchmark reads it to break down the time to the first committed row.
-        t_ready = time.time()
-        print(f"enrich: replica start-up {t_ready - t_start:.1f} s: imports {t_imported - t_start:.1f} s, "
-              f"engine {t_engine - t_imported:.1f} s, renderer {t_ready - t_engine:.1f} s more "
-              f"[t_start={t_start:.3f} t_ready={t_ready:.3f}]", file=sys.stderr, flush=True)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        status = batch.column("status").to_pylist()
-        jpegs = batch.column("image_jpeg").to_pylist()
-        pending: list[tuple[int, bytes]] = []
-        for i, s in enumerate(status):
-            if s != "pending":
-                continue
-            if jpegs[i] is None:  # a pending row always carries its prepared image
-                raise ValueError(f"row {batch.column('source_index')[i]} is pending without an image")
-            pending.append((i, jpegs[i]))
-        try:
-            results = self.loop.caption(pending)
-        except EngineDead:
-            # Ray restarts the actor (a fresh engine) and retries its batches; nothing of them
-            # was committed. Raising instead would fail the whole dataset.
-            import traceback
-
-            traceback.print_exc()
-            os._exit(1)
-        return caption_outputs(batch, results)
 
 
 class VLLMEngine:
@@ -680,3 +300,8 @@ class VLLMEngine:
 def local_cpus(cfg: RunConfig) -> float:
     """The CPUs a local Ray gets (as enrich starts it); --plan's estimate before Ray runs."""
     return float(cfg.num_cpus or max(2, os.cpu_count() or 2))
+
+
+__all__ = ["Caption", "CpuPlan", "EngineLoop", "ProcessRenderer", "ThreadRenderer", "VLLMCaptioner",
+           "VLLMEngine", "caption_from_output", "caption_outputs", "chat", "engine_kwargs",
+           "image_tokens", "render_prompt", "sampling_params"]
