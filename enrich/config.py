@@ -17,7 +17,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -53,7 +53,7 @@ GPU_BATCH_SIZE = 1024
 SMALL_BATCH_SIZE = 64
 
 EngineName = Literal["vllm", "dry-run"]
-ENGINES: tuple[str, ...] = ("vllm", "dry-run")
+ENGINES: tuple[str, ...] = get_args(EngineName)  # the names, written once
 
 # Environment variables that hold secrets: never logged, never written anywhere.
 SECRET_ENV = (
