@@ -92,8 +92,8 @@ def test_gallery_is_self_contained(made: dict[str, str], tmp_path: Path) -> None
 @pytest.mark.skipif(not shutil.which("chromium"), reason="needs Debian's chromium")
 def test_gallery_renders_in_headless_chromium(made: dict[str, str], tmp_path: Path) -> None:
     out = tmp_path / "g.html"
-    main(["gallery", "--table", made["table"], "--checkpoint-dir", made["ck"], "--out", str(out),
-          "--sample", "8", "--status", "captioned"])
+    assert main(["gallery", "--table", made["table"], "--checkpoint-dir", made["ck"], "--out",
+                 str(out), "--sample", "8", "--status", "captioned"]) == 0
     shot = tmp_path / "shot.png"
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",

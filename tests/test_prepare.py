@@ -68,3 +68,50 @@ def test_draft_decode_stays_close_to_full_decode(photo: Image.Image) -> None:
     mse = float(np.mean((a.astype(float) - b.astype(float)) ** 2))
     psnr = 10 * np.log10(255**2 / max(mse, 1e-9))
     assert psnr >= 30, psnr  # benchmarks/preprocess.py reports it on realistic photos
+
+
+def _quadrants(w: int, h: int) -> Image.Image:
+    """Four coloured regions split unevenly (columns at a quarter of the width, rows at half the
+    height): red top-left, green top-right, blue bottom-left, white bottom-right. A crop or a
+    flip would move the split, a stretch keeps it at the same fractions."""
+    a = np.zeros((h, w, 3), np.uint8)
+    a[: h // 2, : w // 4] = (255, 0, 0)
+    a[: h // 2, w // 4:] = (0, 255, 0)
+    a[h // 2:, : w // 4] = (0, 0, 255)
+    a[h // 2:, w // 4:] = (255, 255, 255)
+    return Image.fromarray(a, "RGB")
+
+
+def _at(pixels: bytes, size: int, points: list[tuple[float, float]]) -> list[tuple[int, ...]]:
+    """The pixels at (x, y) fractions of the square."""
+    a = np.frombuffer(pixels, np.uint8).reshape(size, size, 3)
+    return [tuple(int(v) for v in a[int(y * size), int(x * size)]) for x, y in points]
+
+
+RGBW = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)]
+
+
+def test_pixels_match_the_known_picture_stretched_to_the_square() -> None:
+    """An independent oracle: a picture of known geometry (640x360, lossless PNG) comes out
+    stretched to the 225x225 square, not cropped: its regions keep their fractions of the width
+    and height, colours exact within 2."""
+    p = prepare_image(_encode(_quadrants(640, 360), "PNG"), size=225)
+    assert p.ok and (p.width, p.height) == (640, 360)
+    got = _at(p.pixels or b"", 225, [(0.125, 0.25), (0.625, 0.25), (0.125, 0.75), (0.625, 0.75)])
+    for g, want in zip(got, RGBW, strict=True):
+        assert max(abs(a - b) for a, b in zip(g, want, strict=True)) <= 2, (got, RGBW)
+
+
+def test_exif_orientation_is_applied_to_the_pixels() -> None:
+    """EXIF orientation 6 (viewers rotate the stored picture 90 degrees clockwise): the stored
+    left quarter (red over blue) becomes the top quarter (blue left of red). Reported width and
+    height are as displayed."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = _encode(_quadrants(400, 200), "JPEG", quality=95, exif=exif.tobytes())
+    p = prepare_image(data, size=225)
+    assert p.ok and (p.width, p.height) == (200, 400)
+    got = _at(p.pixels or b"", 225, [(0.25, 0.125), (0.75, 0.125), (0.25, 0.625), (0.75, 0.625)])
+    want = [RGBW[2], RGBW[0], RGBW[3], RGBW[1]]
+    for g, w in zip(got, want, strict=True):
+        assert max(abs(a - b) for a, b in zip(g, w, strict=True)) <= 12, (got, want)  # JPEG
