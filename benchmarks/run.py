@@ -81,13 +81,40 @@ def skip_index_figures(n: int = 1_000_000) -> dict[str, float]:
             "build_s": build}
 
 
+def pair(work: Path, n: int, out: Path) -> None:
+    """The tutorial and enrich on the same photos, one after the other: rows/s and peak memory."""
+    data = make_photo_set(work / f"photos-{n}", n)
+    tables = work / "pair-tables"
+    shutil.rmtree(tables, ignore_errors=True)
+    tables.mkdir(parents=True)
+    res: dict[str, dict] = {}
+    for name, cmd in (("tutorial", [PY, str(ROOT / "benchmarks" / "tutorial_baseline.py"), str(data), str(n)]),
+                      ("enrich", enrich_cmd(data, tables / "main", n))):
+        print(f"{name} ...", flush=True)
+        m = measure(cmd)
+        assert m.returncode == 0, m.stderr[-3000:]
+        res[name] = {"rows_per_s": round(n / m.wall_s, 1), "cpu_s_per_image": round(m.cpu_s / n, 4),
+                     "peak_mem_mb": round(m.peak_mem_mb), "wall_s": round(m.wall_s, 1)}
+    t, e = res["tutorial"], res["enrich"]
+    res["ratios"] = {"rows_per_s_enrich_over_tutorial": round(e["rows_per_s"] / t["rows_per_s"], 2),
+                     "peak_mem_enrich_over_tutorial": round(e["peak_mem_mb"] / t["peak_mem_mb"], 2)}
+    out.write_text(json.dumps({"n": n, **res}, indent=2) + "\n")
+    print(json.dumps(res, indent=2))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n", type=int, default=10_000)
     ap.add_argument("--small", type=int, default=2_000)
     ap.add_argument("--large", type=int, default=20_000)
     ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "enrich-bench"))
+    ap.add_argument("--pair", metavar="OUT.json",
+                    help="only (a) the tutorial and (b) enrich at --n rows, side by side; their "
+                         "figures and ratios to OUT.json (~4 min; results.json is left alone)")
     args = ap.parse_args()
+    if args.pair:
+        pair(Path(args.work), args.n, Path(args.pair))
+        return
     work = Path(args.work)
     cpus = 2
     res: dict[str, dict] = {}

@@ -32,7 +32,7 @@ from enrich.committer import Committer
 from enrich.config import RunConfig, source_env_from_env, storage_options_from_env
 from enrich.engines.base import Engine
 from enrich.errors import UsageError
-from enrich.feeder import MAX_RANGE_BLOCKS, FetchChunks, Handoff
+from enrich.feeder import MAX_RANGE_BLOCKS, FetchChunks, Handoff, prepare_chunks
 from enrich.journal import Journal
 from enrich.plan import Plan, make_plan
 from enrich.progress import Counts, Flow, Reporter
@@ -238,7 +238,6 @@ def _execute(cfg: RunConfig, table: CaptionsTable, plan: Plan, engine: Engine, r
     import ray
     import ray.data
 
-    from enrich.prepare import prepare_batch
 
     _configure_data_context()
 
@@ -262,9 +261,9 @@ def _execute(cfg: RunConfig, table: CaptionsTable, plan: Plan, engine: Engine, r
                         # reserved slot here would starve prepare: actors keep their CPUs)
                         batch_size=None, batch_format="numpy", num_cpus=0,
                         compute=ray.data.ActorPoolStrategy(size=1))
-    ds = ds.map_batches(prepare_batch,  # type: ignore[arg-type]
-                        fn_kwargs={"size": cfg.image_size}, batch_size=None,
-                        batch_format="pyarrow", num_cpus=engine.prepare_cpus())
+    ds = ds.map_batches(prepare_chunks,  # type: ignore[arg-type]
+                        fn_kwargs={"size": cfg.image_size, "feeder_name": handoff.name},
+                        batch_size=None, batch_format="pyarrow", num_cpus=engine.prepare_cpus())
     ds = engine.apply(ds)
 
     handoff.start()
