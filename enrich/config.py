@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -269,11 +269,30 @@ def resolve(
     unknown = sorted(set(flags) - set(_FIELDS))
     if unknown:
         raise UsageError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(_FIELDS))}")
+    values, origins = _layered(_FIELDS, flags, env, config_file, cwd)
+    if "until" not in values:
+        raise UsageError("--until is required (the number of source rows to cover)")
+    return RunConfig(**values, origins=origins)
+
+
+def resolve_settings(names: Sequence[str], flags: Mapping[str, Any] | None = None, *,
+                     env: Mapping[str, str] | None = None, config_file: str | None = None,
+                     cwd: Path | None = None) -> dict[str, Any]:
+    """Some settings alone (``enrich status``/``sql``/``compact``/``gallery``: the table, the
+    checkpoint folder, the lock's time to live), by the same precedence as a run: flags >
+    ``ENRICH_*`` > config file > RunConfig's defaults."""
+    values, _ = _layered(names, flags or {}, env, config_file, cwd)
+    defaults = RunConfig(until=0)
+    return {n: values[n] if n in values else getattr(defaults, n) for n in names}
+
+
+def _layered(names: Iterable[str], flags: Mapping[str, Any], env: Mapping[str, str] | None,
+             config_file: str | None, cwd: Path | None) -> tuple[dict[str, Any], dict[str, str]]:
     env = os.environ if env is None else env
     file_values, file_name = load_config_file(config_file, cwd=cwd)
     values: dict[str, Any] = {}
     origins: dict[str, str] = {}
-    for name in _FIELDS:
+    for name in names:
         env_name = "RAY_ADDRESS" if name == "ray_address" else f"ENRICH_{name.upper()}"
         if flags.get(name) is not None:
             values[name], origins[name] = flags[name], "flag"
@@ -283,9 +302,7 @@ def resolve(
             values[name], origins[name] = _coerce(name, file_values[name]), f"file {file_name}"
         else:
             origins[name] = "default"
-    if "until" not in values:
-        raise UsageError("--until is required (the number of source rows to cover)")
-    return RunConfig(**values, origins=origins)
+    return values, origins
 
 
 def storage_options_from_env() -> dict[str, str]:

@@ -22,10 +22,9 @@ from typing import Any
 import pyarrow as pa
 
 from enrich.args import Parser, nonneg_float, pos_int
-from enrich.config import storage_options_from_env
+from enrich.config import resolve_settings, storage_options_from_env
 from enrich.errors import RunLockedError, TableError, UsageError
 from enrich.journal import read_journals
-from enrich.lease import DEFAULT_TTL_S
 from enrich.schemas import STATUSES
 from enrich.sink import CaptionsTable
 
@@ -33,10 +32,23 @@ FORMATS = ("table", "csv", "json")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--table", default=os.environ.get("ENRICH_TABLE", "./captions"),
-                   help="Delta table path or URI (default ./captions)")
-    p.add_argument("--checkpoint-dir", default=os.environ.get("ENRICH_CHECKPOINT_DIR", "./checkpoints"),
-                   help="where the run journals are (default ./checkpoints)")
+    p.add_argument("--table", help="Delta table path or URI (default: as a run resolves it: "
+                   "$ENRICH_TABLE, the config file, ./captions)")
+    p.add_argument("--checkpoint-dir", help="where the run journals are (default: as a run "
+                   "resolves it: $ENRICH_CHECKPOINT_DIR, the config file, ./checkpoints)")
+    p.add_argument("--config", metavar="FILE", help="settings file (default: ./enrich.toml, or "
+                   "[tool.enrich] in ./pyproject.toml), as for a run")
+
+
+def _parse(p: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """Parse, then fill the settings a run also has (table, checkpoint folder, lock TTL) by the
+    run's own precedence: flags > ENRICH_* > config file > defaults."""
+    args = p.parse_args(argv)
+    names = [n for n in ("table", "checkpoint_dir", "lock_ttl") if hasattr(args, n)]
+    got = resolve_settings(names, {n: getattr(args, n) for n in names}, config_file=args.config)
+    for name, value in got.items():
+        setattr(args, name, value)
+    return args
 
 
 def _open(uri: str) -> CaptionsTable:
@@ -109,7 +121,7 @@ def status(argv: Sequence[str]) -> int:
                 "config and status, resume positions, recent runs, table version and file count.")
     _common(p)
     p.add_argument("--format", choices=("table", "json"), default="table", help="output format")
-    args = p.parse_args(argv)
+    args = _parse(p, argv)
     info = status_info(args.table, args.checkpoint_dir)
     if args.format == "json":
         print(json.dumps(info, indent=2, default=str))
@@ -139,7 +151,7 @@ def sql(argv: Sequence[str]) -> int:
     p.add_argument("query", help='e.g. "SELECT status, count(*) FROM captions GROUP BY 1"')
     _common(p)
     p.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
-    args = p.parse_args(argv)
+    args = _parse(p, argv)
     con = _duckdb(_open(args.table))
     import duckdb
 
@@ -163,12 +175,11 @@ def compact(argv: Sequence[str]) -> int:
                    help="keep files removed less than this long ago (default 168 = 7 days; "
                    "lower values are refused by Delta's safeguard)")
     p.add_argument("--lock-ttl", type=nonneg_float, metavar="SECONDS",
-                   default=os.environ.get("ENRICH_LOCK_TTL") or DEFAULT_TTL_S,
-                   help="object-store tables: the lease's time to live (default $ENRICH_LOCK_TTL "
-                   f"or {DEFAULT_TTL_S:g})")
+                   help="object-store tables: the lease's time to live (default $ENRICH_LOCK_TTL, "
+                   "the config file, or a run's default)")
     p.add_argument("--wait", type=nonneg_float, default=0.0, metavar="S",
                    help="wait up to S seconds for a running enricher to finish (default: refuse)")
-    args = p.parse_args(argv)
+    args = _parse(p, argv)
     table = _open(args.table)
     deadline = time.monotonic() + args.wait
     while True:
@@ -215,7 +226,7 @@ def gallery(argv: Sequence[str]) -> int:
                    help="read thumbnails from at most this many shards (a hub shard is ~2,600 "
                    "images; default 2)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    args = p.parse_args(argv)
+    args = _parse(p, argv)
     _writable_file(args.out)  # before the table is read: a bad --out is answered at once
     table = _open(args.table)
     rows = _sample_rows(table, args.sample, args.status, args.max_shards, args.seed)

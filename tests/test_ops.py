@@ -172,3 +172,21 @@ def test_compact_waits_for_the_run_and_keeps_the_retention_safeguard(
     assert res.returncode == 2, res.stderr
     assert res.stderr.startswith("enrich: error: compact: ") and len(res.stderr.strip().splitlines()) == 1
     assert read_table(table).sort_by("source_index").equals(before)
+
+
+def test_operations_resolve_their_settings_as_a_run_does(made: dict[str, str], tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """`status` (like `sql`, `compact`, `gallery`) takes the table and checkpoint folder from the
+    config file a run would read, under $ENRICH_*, under flags."""
+    (tmp_path / "enrich.toml").write_text(f'table = "{made["table"]}"\ncheckpoint_dir = "{made["ck"]}"\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ENRICH_TABLE", raising=False)
+    assert main(["status", "--format", "json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["table"] == made["table"] and len(info["recent_runs"]) == 2
+    monkeypatch.setenv("ENRICH_TABLE", str(tmp_path / "nothing-here"))
+    assert main(["status"]) == 2  # the environment wins over the file: a table not there
+    assert "nothing-here" in capsys.readouterr().err
+    assert main(["status", "--table", made["table"], "--format", "json"]) == 0  # the flag wins
+    assert json.loads(capsys.readouterr().out)["table"] == made["table"]
