@@ -14,6 +14,7 @@ import pyarrow as pa
 from enrich.config import RunConfig, enricher_version
 from enrich.plan import Plan
 from enrich.progress import Counts
+from enrich.schemas import CAPTIONS
 from enrich.sink import CaptionsTable, Progress, run_metadata
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ class Committer:
         if not self.retry_buffer:
             return
         rows = [self._full_row(r) for r in self.retry_buffer]
-        self.table.replace_failed(pa.Table.from_pylist(rows), source=self.plan.source,
+        self.table.replace_failed(pa.Table.from_pylist(rows, schema=CAPTIONS), source=self.plan.source,
                                   caption_config=self.caption_config, metadata=self._meta())
         self.retry_buffer.clear()
         self.commits += 1
@@ -117,7 +118,7 @@ class Committer:
         at_end = final and not self.buffer and self.reader.exhausted
         progress = Progress(next_index=last + 1, next_shard=rows[-1]["source_shard"],
                             next_offset=rows[-1]["source_offset"] + 1, exhausted=at_end)
-        self.table.append(pa.Table.from_pylist(rows), app_id=self.plan.app_id,
+        self.table.append(pa.Table.from_pylist(rows, schema=CAPTIONS), app_id=self.plan.app_id,
                           expect_from=self.next_index, progress=progress, metadata=self._meta())
         self.next_index = last + 1
         self.committed += len(rows)

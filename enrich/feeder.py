@@ -11,7 +11,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from enrich.reader import FETCH_SCHEMA, FETCHED_SCHEMA, assemble, release_memory
+from enrich.reader import FETCH_SCHEMA, FETCHED_SCHEMA, assemble
 
 # Blocks of chunk ids. Each block is one fetch task; past the end of the source a task returns
 # at once, but each still costs Ray ~40 ms, so a --until far beyond the source must not mean
@@ -134,7 +134,6 @@ def prepare_chunks(batch: pa.Table, *, size: int, feeder_name: str) -> pa.Table:
             # the engine): pass nothing on, as the fetch stage does for a released chunk.
             continue
         out.append(prepare_batch(assemble(ray.get(parts), rows), size=size))
-        release_memory()  # the chunk's image bytes, copied out of the blocks above
     if not out:
         return prepare_batch(FETCH_SCHEMA.empty_table(), size=size)
     return pa.concat_tables(out)

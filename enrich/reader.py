@@ -97,15 +97,6 @@ def _read_job(job: ReadJob, limit: int | None) -> Iterator[pa.Table]:
                                     limit=limit, block_rows=job.block_rows):
         yield meta
         yield images
-        del meta, images
-        release_memory()
-
-
-def release_memory() -> None:
-    """Give the memory of blocks already handed to Ray back to the system. Arrow's allocator
-    keeps freed buffers for reuse, so a worker that built a few 60 MB blocks of image bytes would
-    hold that much for good (the read and prepare workers were ~1 GB each, PSS, on 2 cores)."""
-    pa.default_memory_pool().release_unused()
 
 
 def assemble(parts: list[pa.Table], rows: pa.Table) -> pa.Table:
