@@ -116,19 +116,22 @@ def test_sigkill_mid_run_then_rerun_equals_clean_run(clean_run: tuple[Path, Path
     args = ["--until", str(UNTIL), *vllm_args(tiny_model, table, tmp_path),
             "--commit-every", "8", "--ray-address", ray_address]
     code = kill_after(args, table, commits=2, delay=0.0)  # creation + one batch of rows
-    partial = len(read_table(str(table))) if (table / "_delta_log").exists() else 0
-    print(f"killed with exit code {code} after {partial} committed rows")
-    assert code == -9 and 0 < partial < UNTIL
+    before = rows_by_index(table) if (table / "_delta_log").exists() else {}
+    print(f"killed with exit code {code} after {len(before)} committed rows")
+    assert code == -9 and 0 < len(before) < UNTIL
     res = cli(*args, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     resumed = rows_by_index(table)
     assert sorted(resumed) == sorted(clean)
     assert {i: (r["status"], r["image_hash"]) for i, r in resumed.items()} == \
         {i: (r["status"], r["image_hash"]) for i, r in clean.items()}
-    # At temperature 0 the tiny model's greedy captions came out identical in both runs,
-    # although the runs batched the rows differently (see the closing note of issue 9).
-    same = sum(resumed[i]["caption"] == clean[i]["caption"] for i in clean)
-    assert same == len(clean), f"{len(clean) - same} captions differ at temperature 0"
+    # What the killed run committed is never redone (failed rows alone are retried): those rows
+    # are the very same rows (same caption, run id, time) in the final table. Captions of the
+    # rest are not compared with the clean run's: vLLM on CPU may batch the rows differently,
+    # and greedy decoding is not guaranteed to give the same bytes across batchings.
+    kept = {i: r for i, r in before.items() if r["status"] != "failed"}
+    assert kept and {i: resumed[i] for i in kept} == kept
+    assert all(r["caption"] for r in resumed.values() if r["status"] == "captioned")
 
 
 def test_engine_failure_becomes_failed_rows_then_retried(tiny_model: Path, tmp_path: Path,
