@@ -171,17 +171,16 @@ class ObjectStoreLease:
         self._etag = None
 
     def _renew_loop(self) -> None:
-        said = ""  # one warning per kind of failure, not one per renewal
+        failing = False  # one warning when renewals start failing, as retry.Retries does
         while not self._stop.wait(self.ttl_s / 3):
             try:
                 if not self.renew():
                     return
-                said = ""
+                failing = False
             except Exception as exc:  # noqa: BLE001 - a store hiccup: the next renewal retries
-                text = store_error(exc)
-                if text.split(" in ", 1)[0] != said:  # the same failure but for its timing
-                    log.warning("could not renew the run lease of %s: %s", self.uri, text)
-                    said = text.split(" in ", 1)[0]
+                if not failing:
+                    log.warning("could not renew the run lease of %s: %s", self.uri, store_error(exc))
+                failing = True
 
     @contextmanager
     def hold(self, *, wait: bool = False) -> Iterator[ObjectStoreLease]:
