@@ -69,3 +69,18 @@ def store_error(exc: BaseException) -> str:
     tail = next((s for s in ("Connection refused", "timed out", "dns error", "Service Unavailable")
                  if s.lower() in text.lower()[cut:]), "")
     return (text[:min(cut, 240)] + (f" ... {tail}" if tail else "")).strip()
+
+
+def cannot_write(folder: str) -> str | None:
+    """Why nothing can be written in ``folder`` (missing, not a folder, read-only), or None:
+    found by creating and removing a scratch file there."""
+    import os
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".enrich-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc.strerror or exc}"
+    return None

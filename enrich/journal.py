@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from enrich.errors import UsageError
+from enrich.errors import UsageError, cannot_write
 from enrich.progress import rate
 
 if TYPE_CHECKING:
@@ -56,16 +56,10 @@ class Journal:
         folder = self.dir
         while not folder.exists() and folder != folder.parent:
             folder = folder.parent  # the nearest folder that exists: nothing is created here
-        try:
-            if not folder.is_dir():
-                raise NotADirectoryError(20, "Not a directory", str(folder))
-            fd, probe = tempfile.mkstemp(prefix=".enrich-probe-", dir=folder)
-            os.close(fd)
-            os.unlink(probe)
-        except OSError as exc:
+        why = "NotADirectoryError: Not a directory" if not folder.is_dir() else cannot_write(str(folder))
+        if why:
             raise UsageError(f"--checkpoint-dir {self.cfg.checkpoint_dir!r}: cannot write run "
-                             f"journals in {self.dir} ({type(exc).__name__}: "
-                             f"{exc.strerror or exc})") from None
+                             f"journals in {self.dir} ({why})")
 
     def engine_starts(self) -> int:
         try:

@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from enrich.args import Parser, nonneg_float, pos_int
 from enrich.config import resolve_settings, storage_options_from_env
-from enrich.errors import RunLockedError, TableError, UsageError
+from enrich.errors import RunLockedError, TableError, UsageError, cannot_write
 from enrich.journal import read_journals
 from enrich.schemas import STATUSES
 from enrich.sink import CaptionsTable
@@ -200,17 +200,11 @@ def compact(argv: Sequence[str]) -> int:
 # -- gallery -----------------------------------------------------------------------------------
 def _writable_file(path: str) -> None:
     """Refuse, in one line, an output file that cannot be written (its folder missing or
-    read-only): found by creating and removing a scratch file beside it."""
-    import tempfile
-
+    read-only)."""
     folder = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".enrich-probe-", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise UsageError(f"--out {path!r}: cannot write in {folder} "
-                         f"({type(exc).__name__}: {exc.strerror or exc})") from None
+    why = cannot_write(folder)
+    if why:
+        raise UsageError(f"--out {path!r}: cannot write in {folder} ({why})")
 
 
 def gallery(argv: Sequence[str]) -> int:
