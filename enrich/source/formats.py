@@ -19,16 +19,19 @@ class Format:
     exts: tuple[str, ...]  # file endings, lower case
     samples: Callable[[IO[bytes], Shard], Iterator[Sample]]
     unit: str  # what a broken file is counted in: "samples" or "rows"
+    hub: str  # the hub's (`datasets`') builder module for datasets of this format
 
 
 # In order of preference: a folder with tar shards is read as webdataset even if it also holds
 # parquet files or loose images.
 FORMATS = (
-    Format("tar", (".tar",), webdataset.samples, "samples"),
-    Format("parquet", (".parquet",), parquet.samples, "rows"),
-    Format("image", tuple("." + e for e in IMAGE_EXTS), imagefolder.samples, "rows"),
+    Format("tar", (".tar",), webdataset.samples, "samples", "webdataset"),
+    Format("parquet", (".parquet",), parquet.samples, "rows", "parquet"),
+    Format("image", tuple("." + e for e in IMAGE_EXTS), imagefolder.samples, "rows", "imagefolder"),
 )
 BY_KIND = {f.kind: f for f in FORMATS}
+BY_HUB_MODULE = {f.hub: f.kind for f in FORMATS}
+NONE_FOUND = "no .tar shards, .parquet files or images found"
 
 
 def pick_format(paths: list[str]) -> tuple[str, list[str]]:

@@ -8,14 +8,15 @@ from pathlib import PurePosixPath
 
 from enrich.errors import SourceError, SourceUnavailableError, one_line
 from enrich.source.access import listing, opener_fs
+from enrich.source.formats import BY_HUB_MODULE
 from enrich.source.naming import IMAGE_EXTS, Shard
 from enrich.source.parquet import with_columns
 
 # The `datasets` library knows the hub's conventions for a dataset's subsets (configs), splits
 # and file formats (README YAML, folder and file naming); enrich asks it which files make up a
 # split and reads those files itself (`datasets`' own iterators lose every row after a corrupt
-# image, and Ray reads such a dataset in one task).
-_HUB_FORMATS = {"webdataset": "tar", "parquet": "parquet", "imagefolder": "image"}
+# image, and Ray reads such a dataset in one task). Its builder module names the format
+# (formats.BY_HUB_MODULE).
 
 
 # How long the hub may take to answer "are you there" (name lookup, then a TCP connection) before
@@ -91,7 +92,7 @@ def list_hub(repo: str, shown: str, image_column: str | None, subset: str | None
         return type(builder).__module__.rsplit(".", 1)[-1], files
 
     module, files = listing(shown, resolve_once)
-    kind = _HUB_FORMATS.get(module)
+    kind = BY_HUB_MODULE.get(module)
     if kind is None:
         raise SourceError(f"--source {shown!r}: a {module} dataset; enrich reads webdataset, parquet "
                           "and image folder datasets")

@@ -6,12 +6,12 @@ from __future__ import annotations
 import glob as globmod
 import os
 import posixpath
-from pathlib import PurePosixPath
-from typing import Any
+from collections.abc import Callable
+from typing import IO, Any
 
 from enrich.errors import SourceError
 from enrich.source.access import listing, opener_fs, opener_local
-from enrich.source.formats import pick_format
+from enrich.source.formats import NONE_FOUND, pick_format
 from enrich.source.hub import list_hub, probe_hub
 from enrich.source.imagefolder import folder_texts
 from enrich.source.naming import (
@@ -55,20 +55,31 @@ def list_shards(source: str, *, sample_dir: str | None = None, image_column: str
     else:
         found = sorted(globmod.glob(source, recursive=True))
     found = [p for p in found if os.path.isfile(p)]
+    base = source if os.path.isdir(source) else os.path.dirname(source)
+    return _shards(found, base=base, shown=source, remote=False, open_file=opener_local,
+                   path=os.path, text_key=os.path.abspath, texts=lambda: folder_texts(found),
+                   image_column=image_column, text_column=text_column)
+
+
+def _shards(found: list[str], *, base: str, shown: str, remote: bool,
+            open_file: Callable[[str], Callable[[], IO[bytes]]], path: Any,
+            text_key: Callable[[str], str], texts: Callable[[], dict[str, str]],
+            image_column: str | None, text_column: str | None) -> list[Shard]:
+    """The listed files (local or on a filesystem of fsspec; ``path``: ``os.path`` or
+    ``posixpath``) as shards of the format they hold. Tar and parquet files are named by their
+    file name; an image folder's files by their path under ``base``, with their texts
+    (``texts()``, keyed by ``text_key(path)``)."""
     kind, paths = pick_format(found)
     if not paths:
-        raise SourceError(f"--source {source!r}: no .tar shards, .parquet files or images found")
-    base = source if os.path.isdir(source) else os.path.dirname(source)
+        raise SourceError(f"--source {shown!r}: {NONE_FOUND}")
     if kind == "image":  # one row per file, named by its path in the folder, in name order
-        names = [os.path.relpath(p, base) for p in paths]
-        order = sorted(zip(names, paths, strict=True))
-        texts = folder_texts(found)
-        return [Shard(n, p, opener_local(p), kind="image", text=texts.get(os.path.abspath(p)))
-                for n, p in order]
-    paths.sort(key=lambda p: (os.path.basename(p), p))
-    shards = [Shard(os.path.basename(p), p, opener_local(p), kind=kind) for p in paths]
-    return with_columns(shards, image_column, source, text_column) if kind == "parquet" \
-        else shards
+        by_key = texts()
+        return sorted((Shard(path.relpath(p, base) if base else p, p, open_file(p), remote=remote,
+                             kind="image", text=by_key.get(text_key(p))) for p in paths),
+                      key=lambda s: (s.name, s.url))
+    paths.sort(key=lambda p: (path.basename(p), p))
+    shards = [Shard(path.basename(p), p, open_file(p), remote=remote, kind=kind) for p in paths]
+    return with_columns(shards, image_column, shown, text_column) if kind == "parquet" else shards
 
 
 def _list_fsspec(url: str, shown: str | None = None, image_column: str | None = None,
@@ -95,17 +106,13 @@ def _list_fsspec(url: str, shown: str | None = None, image_column: str | None = 
         return fs, root, sorted(paths)
 
     fs, root, found = listing(shown, list_once)
-    kind, paths = pick_format(found)
-    if not paths:
-        raise SourceError(f"--source {shown!r}: no .tar shards, .parquet files or images found")
-    if kind == "image":  # one row per file, named by its path under the listed folder
-        base = root.rstrip("/") if not is_glob(root) else posixpath.dirname(root.split("*")[0])
-        texts = folder_texts(found, open_text=lambda p: fs.open(p, "r", encoding="utf-8", errors="replace"),
-                             image_path=lambda meta, name: posixpath.normpath(
-                                 posixpath.join(posixpath.dirname(meta), name)))
-        return sorted((Shard(posixpath.relpath(p, base) if base else p, p, opener_fs(fs, p),
-                             remote=True, kind="image", text=texts.get(posixpath.normpath(p)))
-                       for p in paths), key=lambda s: (s.name, s.url))
-    paths.sort(key=lambda p: (PurePosixPath(p).name, p))
-    shards = [Shard(PurePosixPath(p).name, p, opener_fs(fs, p), remote=True, kind=kind) for p in paths]
-    return with_columns(shards, image_column, shown, text_column) if kind == "parquet" else shards
+    base = root.rstrip("/") if not is_glob(root) else posixpath.dirname(root.split("*")[0])
+
+    def texts() -> dict[str, str]:
+        return folder_texts(found, open_text=lambda p: fs.open(p, "r", encoding="utf-8", errors="replace"),
+                            image_path=lambda meta, name: posixpath.normpath(
+                                posixpath.join(posixpath.dirname(meta), name)))
+
+    return _shards(found, base=base, shown=shown, remote=True, open_file=lambda p: opener_fs(fs, p),
+                   path=posixpath, text_key=posixpath.normpath, texts=texts,
+                   image_column=image_column, text_column=text_column)
