@@ -238,7 +238,6 @@ def _execute(cfg: RunConfig, table: CaptionsTable, plan: Plan, engine: Engine, r
     import ray
     import ray.data
 
-
     _configure_data_context()
 
     retry_n = plan.failed_to_retry

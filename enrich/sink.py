@@ -62,7 +62,7 @@ class Stream:
     caption_config: str | None
     next_index: int | None
     shard: str | None
-    offset: str | None
+    offset: int
     exhausted: bool
 
 
@@ -82,6 +82,14 @@ def _is_local(uri: str) -> bool:
 
 def _local_path(uri: str) -> str:
     return uri.removeprefix("file://")
+
+
+def _position(entry: dict[str, Any]) -> Progress:
+    """The stream position a commit recorded in its metadata (what ``append`` writes)."""
+    return Progress(next_index=int(entry.get(META_PREFIX + "next_index", -1)),
+                    next_shard=entry.get(META_PREFIX + "next_shard"),
+                    next_offset=int(entry.get(META_PREFIX + "next_offset", 0)),
+                    exhausted=str(entry.get(META_PREFIX + "exhausted", "false")) == "true")
 
 
 def _give_up(what: str) -> Callable[[BaseException, int], BaseException]:
@@ -185,14 +193,10 @@ class CaptionsTable:
             return Progress()
         for limit in (50, None):
             for entry in dt.history(limit):
-                if entry.get(META_PREFIX + "app_id") == app_id and \
-                        int(entry.get(META_PREFIX + "next_index", -1)) == version:
-                    return Progress(
-                        next_index=version,
-                        next_shard=entry.get(META_PREFIX + "next_shard"),
-                        next_offset=int(entry.get(META_PREFIX + "next_offset", 0)),
-                        exhausted=str(entry.get(META_PREFIX + "exhausted", "false")) == "true",
-                    )
+                if entry.get(META_PREFIX + "app_id") == app_id:
+                    at = _position(entry)
+                    if at.next_index == version:
+                        return at
         raise TableError(f"--table {self.uri!r}: app transaction {app_id} at {version} has no "
                          "matching commit metadata; the table was changed by another tool")
 
@@ -206,12 +210,11 @@ class CaptionsTable:
         for entry in dt.history():
             app = entry.get(META_PREFIX + "app_id")
             if app and app not in found:
+                at = _position(entry)
                 found[app] = Stream(source=entry.get(META_PREFIX + "source"),
                                     caption_config=entry.get(META_PREFIX + "caption_config"),
-                                    next_index=dt.transaction_version(app),
-                                    shard=entry.get(META_PREFIX + "next_shard"),
-                                    offset=entry.get(META_PREFIX + "next_offset"),
-                                    exhausted=entry.get(META_PREFIX + "exhausted") == "true")
+                                    next_index=dt.transaction_version(app), shard=at.next_shard,
+                                    offset=at.next_offset, exhausted=at.exhausted)
         return list(found.values())
 
     def size(self) -> tuple[int, int]:
