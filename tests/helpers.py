@@ -1,4 +1,4 @@
-"""Reading a captions table back for assertions."""
+"""Reading a captions table back for assertions; what a failed run said, for the failure message."""
 
 from __future__ import annotations
 
@@ -35,3 +35,13 @@ def write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return path
+
+
+def said(stderr: str, tail: int = 2000) -> str:
+    """A failed run's stderr for an assertion message: the lines that name the failure (enrich's
+    own error line, a Python exception, a failed Ray check) wherever they are, then the tail. A
+    native stack trace printed at exit can fill the tail and hide the cause above it."""
+    lines = stderr.splitlines()
+    keys = ("enrich: error", "Error", "Exception", "Check failed", "Traceback", "FATAL")
+    marked = [line for line in lines if any(k in line for k in keys)][:40]
+    return "\n".join(["-- lines naming the failure:", *marked, "-- last lines:", stderr[-tail:]])

@@ -12,7 +12,7 @@ import pytest
 
 import enrich
 from tests.conftest import cli
-from tests.helpers import read_table
+from tests.helpers import read_table, said
 
 
 def test_run_from_python_writes_an_exact_table_quietly(ray_address: str, shards: Path, tmp_path: Path,
@@ -58,7 +58,7 @@ def test_run_from_python_shuts_down_the_ray_it_started(shards: Path, tmp_path: P
         f"engine='dry-run', checkpoint_dir={str(tmp_path / 'ck')!r}, num_cpus=2)\n"
         "print(r.committed_rows, ray.is_initialized())\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 0, said(proc.stderr)
     assert proc.stdout.split() == ["20", "False"]
 
 

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import cli
-from tests.helpers import outcome
+from tests.helpers import outcome, said
 from tests.test_kill_resume import kill_after
 
 
@@ -76,14 +76,14 @@ def test_parquet_and_image_folder_give_the_same_rows(converted: tuple[Path, Path
     pq_dir, folder, n = converted
     for res in (cli(*args(pq_dir, tmp_path / "pq" / "t", n, ray_address)),
                 cli(*args(folder, tmp_path / "img" / "t", n, ray_address))):
-        assert res.returncode == 0, res.stderr[-2000:]
+        assert res.returncode == 0, said(res.stderr)
     pq_rows, img_rows = statuses(tmp_path / "pq" / "t"), statuses(tmp_path / "img" / "t")
     assert len(pq_rows) == len(img_rows) == n
     assert pq_rows == img_rows  # same images, same canonical order, same decisions
     # ...and the same as the tar shards they came from: the tar run's rows that have an image
     # (the conversion keeps only those), each hash that of the bytes tarfile read
     tar = cli(*args(shards, tmp_path / "tar" / "t", 10_000, ray_address))
-    assert tar.returncode == 0, tar.stderr[-2000:]
+    assert tar.returncode == 0, said(tar.stderr)
     tar_rows = [r for r in statuses(tmp_path / "tar" / "t") if r[1] is not None]
     assert pq_rows == tar_rows
     oracle = [hashlib.sha256(data).hexdigest()
@@ -93,7 +93,7 @@ def test_parquet_and_image_folder_give_the_same_rows(converted: tuple[Path, Path
     assert all(counts.values()), counts  # the data has duplicates and corrupt images
     # past the last good file: the broken parquet file is one row saying why
     res = cli(*args(pq_dir, tmp_path / "pq" / "t", n + 5, ray_address))
-    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.returncode == 0, said(res.stderr)
     last = outcome(str(tmp_path / "pq" / "t"))
     assert len(last) == n + 1 and last[n][0] == "rejected"
 

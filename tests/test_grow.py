@@ -13,7 +13,7 @@ import pytest
 
 import enrich
 from tests.conftest import cli
-from tests.helpers import outcome, read_table
+from tests.helpers import outcome, read_table, said
 
 
 def _args(src: Path, table: Path, work: Path, ray_address: str) -> list[str]:
@@ -32,18 +32,18 @@ def test_a_grown_source_is_continued_and_earlier_additions_are_named(
         shutil.copy(shards / name, src / name)
     table = tmp_path / "t"
     res = cli(*_args(src, table, tmp_path, ray_address))
-    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.returncode == 0, said(res.stderr)
     first = outcome(str(table))
     assert [p["exhausted"] for p in enrich.status(str(table))["resume_positions"]] == [True]
 
     shutil.copy(shards / names[3], src / names[3])  # a fourth shard, after the last one read
     res = cli(*_args(src, table, tmp_path, ray_address))
-    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.returncode == 0, said(res.stderr)
     grown = outcome(str(table))
     # the oracle: one run over all four shards from the start, into a fresh table
     clean = tmp_path / "clean"
     res = cli(*_args(shards, clean, tmp_path / "c", ray_address))
-    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.returncode == 0, said(res.stderr)
     assert {i: v[:2] for i, v in grown.items()} == {i: v[:2] for i, v in outcome(str(clean)).items()}
     assert len(grown) > len(first) and all(grown[i] == first[i] for i in first)
 

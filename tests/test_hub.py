@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import cli
 from tests.fake_hub import serve
-from tests.helpers import outcome
+from tests.helpers import outcome, said
 
 
 def hub_env(url: str) -> dict[str, str]:
@@ -40,7 +40,7 @@ def test_faults_on_every_kind_of_request_lose_nothing(shards: Path, tmp_path: Pa
         hub.faults.rules = [["info", 1, 500], ["tree", 1, 429], ["tree", 1, 502], ["file", 2, "reset"],
                             ["file", 1, 503], ["file", 1, "slow"], ["paths", 1, 500]]
         res = cli(*run_args(tmp_path, "org/name", 90, ray_address), env=hub_env(url))
-        assert res.returncode == 0, res.stderr[-2000:]
+        assert res.returncode == 0, said(res.stderr)
         assert {"info:500", "tree:429", "tree:502", "file:reset", "file:503"} <= set(hub.faults.seen)
         assert not [u for u in hub.unknown if "/datasets/" in u]
     got = outcome(str(tmp_path / "t"))
@@ -51,17 +51,17 @@ def test_outage_mid_run_ends_in_one_line_then_resumes(shards: Path, tmp_path: Pa
                                                       clean: dict) -> None:
     with serve(shards, "org/name") as (url, hub):
         res = cli(*run_args(tmp_path, "org/name", 30, ray_address), env=hub_env(url))
-        assert res.returncode == 0, res.stderr[-2000:]
+        assert res.returncode == 0, said(res.stderr)
         hub.faults.rules = [["file", 10_000, "reset"]]  # every read of a shard breaks mid-file
         res = cli(*run_args(tmp_path, "org/name", 90, ray_address), env=hub_env(url), timeout=600)
-        assert res.returncode == 5, res.stderr[-2000:]
+        assert res.returncode == 5, said(res.stderr)
         last = res.stderr.strip().splitlines()[-1]
         assert last.startswith("enrich: error:") and "still failing after" in last, last
         assert "Traceback" not in res.stderr
         assert 30 <= len(outcome(str(tmp_path / "t"))) < 90  # what was committed stays
         hub.faults.rules = []
         res = cli(*run_args(tmp_path, "hf://datasets/org/name", 90, ray_address), env=hub_env(url))
-        assert res.returncode == 0, res.stderr[-2000:]
+        assert res.returncode == 0, said(res.stderr)
     got = outcome(str(tmp_path / "t"))
     assert {i: v[:2] for i, v in got.items()} == {i: v[:2] for i, v in clean.items()}
 
@@ -71,7 +71,7 @@ def test_hub_down_is_exit_5_and_missing_dataset_exit_2(shards: Path, tmp_path: P
     with serve(shards, "org/name") as (url, hub):
         hub.faults.down = True
         res = cli(*run_args(tmp_path, "org/name", 10, ray_address), env=hub_env(url))
-        assert res.returncode == 5, res.stderr[-2000:]
+        assert res.returncode == 5, said(res.stderr)
         line = res.stderr.strip().splitlines()[-1]
         assert "--source 'org/name'" in line and "still failing" in line and "Traceback" not in res.stderr
         # one warning when the retries begin (not one per retry, not the hub client's own), the error
@@ -79,7 +79,7 @@ def test_hub_down_is_exit_5_and_missing_dataset_exit_2(shards: Path, tmp_path: P
         assert not (tmp_path / "t").exists()
         hub.faults.down = False
         res = cli(*run_args(tmp_path, "org/nothing-here", 10, ray_address), env=hub_env(url))
-        assert res.returncode == 2, res.stderr[-2000:]
+        assert res.returncode == 2, said(res.stderr)
         line = res.stderr.strip().splitlines()[-1]
         assert "--source 'org/nothing-here': not found" in line and "Traceback" not in res.stderr
         assert not (tmp_path / "t").exists()
@@ -91,7 +91,7 @@ def test_unreachable_hub_is_one_line_at_once(tmp_path: Path, endpoint: str, why:
     """A source that is neither a local path nor reachable on the hub: one line naming both, exit
     5, before any retry (the hub client alone would retry for minutes) and before Ray starts."""
     res = cli(*run_args(tmp_path, "data/imgs", 10, "")[:-2], env=hub_env(endpoint), timeout=60)
-    assert res.returncode == 5, res.stderr[-2000:]
+    assert res.returncode == 5, said(res.stderr)
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, lines
     assert lines[0].startswith("enrich: error: --source 'data/imgs': no local folder 'data/imgs'; "

@@ -13,7 +13,7 @@ import pytest
 from enrich.source import iter_shard, list_shards
 from tests.conftest import cli
 from tests.fake_hub import serve
-from tests.helpers import outcome, read_table
+from tests.helpers import outcome, read_table, said
 from tests.test_kill_resume import kill_after
 
 FAULTS = [["info", 1, 500], ["tree", 1, 429], ["paths", 1, 502], ["file", 1, "reset"],
@@ -75,7 +75,7 @@ def test_hub_dataset_with_faults_equals_local_kill_and_rerun(
     n = repos["train"]
     clean = tmp_path / "clean" / "t"
     res = cli(*args(str(repos["local"]), clean, n, ray_address))
-    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.returncode == 0, said(res.stderr)
     want = outcome(str(clean))
     statuses = {v[0] for v in want.values()}
     assert {"captioned", "duplicate", "rejected"} <= statuses  # the data is not all clean
@@ -88,7 +88,7 @@ def test_hub_dataset_with_faults_equals_local_kill_and_rerun(
         assert kill_after(run, table, commits=2, delay=0.0) == -9
         assert 0 < len(outcome(str(table))) < 50
         res = cli(*args("org/data", table, n, ray_address, "--commit-every", "10"))
-        assert res.returncode == 0, res.stderr[-2000:]
+        assert res.returncode == 0, said(res.stderr)
         assert {"info:500", "tree:429"} <= set(hub.faults.seen)
         assert not [u for u in hub.unknown if "/datasets/" in u]
         got = outcome(str(table))
@@ -100,11 +100,11 @@ def test_hub_dataset_with_faults_equals_local_kill_and_rerun(
             assert shards == {"train-00000-of-00002.parquet", "train-00001-of-00002.parquet"}
         # the test split: another stream in the same table, numbered from 0
         res = cli(*args("org/data", table, 100, ray_address, "--split", "test"))
-        assert res.returncode == 0, res.stderr[-2000:]
+        assert res.returncode == 0, said(res.stderr)
         rows = read_table(str(table)).to_pylist()
         test_rows = [r for r in rows if r["source"] == "org/data?split=test"]
         assert sorted(r["source_index"] for r in test_rows) == list(range(12))
         assert len(rows) == n + 12
         res = cli(*args("org/data", tmp_path / "x" / "t", 5, ray_address, "--split", "nope"))
-        assert res.returncode == 2, res.stderr[-2000:]
+        assert res.returncode == 2, said(res.stderr)
         assert "no split 'nope'" in res.stderr and "train" in res.stderr and "test" in res.stderr

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import cli
 from tests.fake_hub import serve
-from tests.helpers import outcome, read_table
+from tests.helpers import outcome, read_table, said
 
 LEGACY = Path(__file__).parent / "legacy" / "a01d7b2"
 HUB_ENV = {"HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0"}
@@ -32,7 +32,7 @@ def clean(shards: Path, ray_address: str, tmp_path_factory: pytest.TempPathFacto
     out = {}
     for name, source in (("sample", "sample"), ("hub", str(shards))):
         res = cli(*args(work / name, work / "ck", source, 90, ray_address))
-        assert res.returncode == 0, res.stderr[-2000:]
+        assert res.returncode == 0, said(res.stderr)
         out[name] = outcome(str(work / name))
         clean_tables[name] = work / name
     return out
@@ -65,7 +65,7 @@ def test_release_table_resumes_exactly(table: str, typed: str, kept: str, shards
     with hub as (url, _):
         env = {"HF_ENDPOINT": url, **HUB_ENV} if url else None
         res = cli(*args(t, tmp_path / "ck", typed, 90, ray_address), env=env)
-    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.returncode == 0, said(res.stderr)
     after = outcome(str(t))  # asserts no source_index twice
     assert sorted(after) == list(range(90))
     assert {i: after[i] for i in before} == before  # the release's rows untouched

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.helpers import said
+
 SCRIPT = r"""
 import os, subprocess, sys
 import ray
@@ -37,7 +39,7 @@ def test_local_ray_refuses_clients_without_its_token(tmp_path: Path) -> None:
     env["HOME"] = str(home)  # Ray keeps its token under ~/.ray: this test's, not the user's
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(other)], env=env, capture_output=True,
                           text=True, timeout=400, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, said(proc.stderr)
     lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if " " in line)
     assert lines["OUTSIDER"].split()[:2] == ["1", "False"], proc.stdout  # refused
     assert lines["INSIDER"] == "0 True", proc.stdout  # the same user, with the token, gets in

@@ -16,7 +16,7 @@ from enrich.config import RunConfig, resolve
 from enrich.errors import UsageError
 from enrich.pipeline import run
 from enrich.progress import Reporter
-from tests.helpers import read_table
+from tests.helpers import read_table, said
 
 pytestmark = pytest.mark.usefixtures("ray_address")
 
@@ -102,7 +102,7 @@ def test_gallery_renders_in_headless_chromium(made: dict[str, str], tmp_path: Pa
     proc = subprocess.run(["chromium", *flags, "--enable-logging=stderr", "--v=0",
                            f"--screenshot={shot}", "--window-size=1200,900", out.as_uri()],
                           capture_output=True, text=True, timeout=120)
-    assert shot.exists() and shot.stat().st_size > 10_000, proc.stderr[-2000:]
+    assert shot.exists() and shot.stat().st_size > 10_000, said(proc.stderr)
     console_errors = [line for line in proc.stderr.splitlines()
                       if "CONSOLE" in line and "ERROR" in line.upper()]
     assert console_errors == []

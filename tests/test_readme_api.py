@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.helpers import said
+
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 
@@ -18,7 +20,7 @@ def test_readme_python_example_runs(tmp_path: Path) -> None:
     code = code.replace('engine="dry-run")', 'engine="dry-run", num_cpus=2)')
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           cwd=tmp_path, env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")})
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 0, said(proc.stderr)
     first, second = proc.stdout.splitlines()[:2]
     assert first.startswith("200 {") and "'captioned'" in first
     assert "'status': 'captioned'" in second

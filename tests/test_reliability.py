@@ -25,6 +25,7 @@ from enrich.progress import Reporter
 from enrich.sample import DatasetSpec, make_webdataset
 from tests import hostile
 from tests.conftest import cli
+from tests.helpers import said
 from tests.test_kill_resume import commits_in, kill_after
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,7 +147,7 @@ def test_node_lost_mid_run(shards: Path, tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "drills" / "node_loss.py"),
                            str(shards), str(tmp_path)], capture_output=True, text=True,
                           timeout=900, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-3000:] + said(proc.stderr)
     # Ray prints the removed node's log to stdout after us: take our line
     fig = json.loads(next(line for line in reversed(proc.stdout.splitlines())
                           if line.startswith('{"injected"')))

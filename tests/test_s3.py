@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import _free_port, cli
+from tests.helpers import said
 
 moto_server = pytest.importorskip("moto.server")
 boto3 = pytest.importorskip("boto3")
@@ -261,7 +262,7 @@ def test_the_store_stopping_mid_run_is_one_line_and_the_rerun_is_exact(
         time.sleep(11)  # the dead run could not release its lease: it expires after --lock-ttl
         res = subprocess.run([sys.executable, "-m", "enrich", *args], capture_output=True,
                              text=True, env={**os.environ, **env}, timeout=300)
-        assert res.returncode == 0, res.stderr[-3000:]
+        assert res.returncode == 0, said(res.stderr)
         after = _s3_outcome("s3://outage-bucket/t", env)
     finally:
         server.stop()

@@ -19,7 +19,7 @@ import pytest
 from enrich.config import RunConfig
 from enrich.engines.vllm import CpuPlan
 from tests.conftest import cli
-from tests.helpers import read_table
+from tests.helpers import read_table, said
 from tests.test_kill_resume import kill_after
 
 pytestmark = pytest.mark.real_engine
@@ -62,11 +62,11 @@ def clean_run(tiny_model: Path, ray_address: str, tmp_path_factory: pytest.TempP
     res = cli("--until", str(UNTIL), *vllm_args(tiny_model, work / "t", work),
               "--render-processes", "1", "--ray-address", ray_address, timeout=600)
     took = time.monotonic() - t0
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.returncode == 0, said(res.stderr)
     dry = cli("--until", str(UNTIL), "--source", "sample", "--table", str(work / "dry"),
               "--engine", "dry-run", "--checkpoint-dir", str(work / "ck-dry"), "--quiet",
               "--ray-address", ray_address)
-    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert dry.returncode == 0, said(dry.stderr)
     return work / "t", work / "dry", took
 
 
@@ -120,7 +120,7 @@ def test_sigkill_mid_run_then_rerun_equals_clean_run(clean_run: tuple[Path, Path
     print(f"killed with exit code {code} after {len(before)} committed rows")
     assert code == -9 and 0 < len(before) < UNTIL
     res = cli(*args, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.returncode == 0, said(res.stderr)
     resumed = rows_by_index(table)
     assert sorted(resumed) == sorted(clean)
     assert {i: (r["status"], r["image_hash"]) for i, r in resumed.items()} == \
@@ -142,7 +142,7 @@ def test_engine_failure_becomes_failed_rows_then_retried(tiny_model: Path, tmp_p
     table, until = tmp_path / "t", 16
     res = cli("--until", str(until), *vllm_args(tiny_model, table, tmp_path),
               "--max-model-len", "60", "--ray-address", ray_address, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.returncode == 0, said(res.stderr)
     first = rows_by_index(table)
     failed = [r for r in first.values() if r["status"] == "failed"]
     assert failed and all(r["status"] in ("failed", "rejected", "duplicate") for r in first.values())
@@ -150,7 +150,7 @@ def test_engine_failure_becomes_failed_rows_then_retried(tiny_model: Path, tmp_p
                for r in failed)
     res = cli("--until", str(until), *vllm_args(tiny_model, table, tmp_path), "--ray-address",
               ray_address, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.returncode == 0, said(res.stderr)
     second = rows_by_index(table)
     assert sorted(second) == sorted(first)
     # Each failed row is retried: an image is captioned once, its later copies become duplicates.
