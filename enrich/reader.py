@@ -164,26 +164,22 @@ class Reader:
                     return
                 window.append(self._launch(job, limit))
 
+        # If the caller stops early (--until reached, or an error), the read tasks still in the
+        # window are left to end on their own (each reads at most `limit` rows) and their blocks
+        # are freed with their refs. Never ray.cancel() them: in Ray 2.60 cancelling a streaming-generator
+        # task while it completes kills the driver ("Check failed: ... Tried to complete task
+        # that was not pending", exit 1) — reproduced by cancelling short generators in a loop.
         fill()
-        try:
-            while window:
-                gen = window[0]
-                for meta_ref in gen:
-                    meta = _ray_get(meta_ref)  # a failed task: its error is in this ref
-                    images_ref = next(gen)
-                    self.rows_read += meta.num_rows
-                    yield meta, images_ref
-                window.popleft()
-                self.jobs_read += 1
-                fill()
-        finally:
-            import ray
-
-            for gen in window:  # stopped early (--until reached): the rest is not needed
-                try:
-                    ray.cancel(gen)
-                except Exception:  # noqa: BLE001 - already finished, or cannot cancel: harmless
-                    pass
+        while window:
+            gen = window[0]
+            for meta_ref in gen:
+                meta = _ray_get(meta_ref)  # a failed task: its error is in this ref
+                images_ref = next(gen)
+                self.rows_read += meta.num_rows
+                yield meta, images_ref
+            window.popleft()
+            self.jobs_read += 1
+            fill()
 
     def _jobs(self, shards: list[Shard], start: int) -> Iterator[ReadJob]:
         i = 0
