@@ -8,7 +8,7 @@ import subprocess
 import tarfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +138,20 @@ class Measured:
     returncode: int
     stdout: str
     stderr: str
+    at_peak: dict[str, float] = field(default_factory=dict)  # process name -> MB, at the peak
+
+
+def _name(pid: int) -> str:
+    """A process's name as Ray shows it (``ray::FetchActor``, ``raylet``), else its command."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            argv = fh.read().split(b"\0")
+        head = argv[0].decode(errors="replace")
+        if head.startswith("ray::"):
+            return head.split()[0]
+        return " ".join(os.path.basename(a.decode(errors="replace")) for a in argv[:3] if a)[:60]
+    except OSError:
+        return "?"
 
 
 def measure(cmd: list[str], *, env: dict[str, str] | None = None, cwd: str | None = None,
@@ -159,9 +173,16 @@ def measure(cmd: list[str], *, env: dict[str, str] | None = None, cwd: str | Non
                (("out", proc.stdout), ("err", proc.stderr))]
     for t in threads:
         t.start()
+    at_peak: dict[str, float] = {}
     while proc.poll() is None:
         pids = _tree(proc.pid)
-        peak = max(peak, sum(_pss_kb(p) for p in pids))
+        pss = {p: _pss_kb(p) for p in pids}
+        if sum(pss.values()) > peak:
+            peak = sum(pss.values())
+            at_peak = {}
+            for p, kb in pss.items():
+                name = _name(p)
+                at_peak[name] = at_peak.get(name, 0.0) + kb / 1024
         for p in pids:
             cpu[p] = max(cpu.get(p, 0.0), _cpu_s(p))
         time.sleep(interval)
@@ -169,4 +190,5 @@ def measure(cmd: list[str], *, env: dict[str, str] | None = None, cwd: str | Non
     for t in threads:
         t.join()
     return Measured(wall, sum(cpu.values()), peak / 1024, proc.returncode, out.get("out", ""),
-                    out.get("err", ""))
+                    out.get("err", ""), {k: round(v) for k, v in sorted(at_peak.items(),
+                                                                      key=lambda kv: -kv[1])})

@@ -94,7 +94,8 @@ def pair(work: Path, n: int, out: Path) -> None:
         m = measure(cmd)
         assert m.returncode == 0, m.stderr[-3000:]
         res[name] = {"rows_per_s": round(n / m.wall_s, 1), "cpu_s_per_image": round(m.cpu_s / n, 4),
-                     "peak_mem_mb": round(m.peak_mem_mb), "wall_s": round(m.wall_s, 1)}
+                     "peak_mem_mb": round(m.peak_mem_mb), "wall_s": round(m.wall_s, 1),
+                     "mb_by_process_at_peak": m.at_peak}
     t, e = res["tutorial"], res["enrich"]
     res["ratios"] = {"rows_per_s_enrich_over_tutorial": round(e["rows_per_s"] / t["rows_per_s"], 2),
                      "peak_mem_enrich_over_tutorial": round(e["peak_mem_mb"] / t["peak_mem_mb"], 2)}
