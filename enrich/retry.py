@@ -131,8 +131,10 @@ def read_transient(exc: BaseException) -> bool:
     if status is not None:
         return status in TRANSIENT_STATUS
     # httpx's (and huggingface_hub's httpx2's) resets, protocol errors and timeouts, by name:
-    # the hub client has used more than one HTTP library.
-    if {cls.__name__ for cls in type(exc).__mro__} & {"TransportError", "TimeoutException"}:
+    # the hub client has used more than one HTTP library. botocore's (s3fs) connection errors
+    # and timeouts derive from its own ConnectionError / HTTPClientError, not from OSError.
+    if {cls.__name__ for cls in type(exc).__mro__} & {"TransportError", "TimeoutException",
+                                                      "ConnectionError", "HTTPClientError"}:
         return True
     return isinstance(exc, OSError | TimeoutError)
 

@@ -85,6 +85,11 @@ def test_what_is_transient_is_named_once() -> None:
     assert read_transient(Status(503)) and read_transient(Status(429)) and read_transient(TimeoutError())
     assert not read_transient(Status(404)) and not read_transient(FileNotFoundError("x"))
     assert not read_transient(ValueError("bad bytes"))
+    # s3fs's client (botocore): a store that does not answer is transient, no credentials is not
+    botocore = pytest.importorskip("botocore.exceptions")
+    assert read_transient(botocore.EndpointConnectionError(endpoint_url="http://127.0.0.1:9"))
+    assert read_transient(botocore.ReadTimeoutError(endpoint_url="http://127.0.0.1:9"))
+    assert not read_transient(botocore.NoCredentialsError())
     assert commit_transient(OSError("io")) and not commit_transient(PermissionError("ro"))
     assert not commit_transient(OSError("Read-only file system"))
     assert retry.unreachable(OSError("tcp connect error: Connection refused"))

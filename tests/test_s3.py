@@ -274,3 +274,44 @@ def test_the_store_stopping_mid_run_is_one_line_and_the_rerun_is_exact(
 
     assert {i: after[i] for i in partial} == partial
     assert {i: v[:2] for i, v in after.items()} == {i: v[:2] for i, v in outcome(str(tmp_path / "clean")).items()}
+
+
+def test_s3_source_reads_the_same_rows_as_the_shards_on_disk(s3_env: dict[str, str], shards: Path,
+                                                              tmp_path: Path, ray_address: str) -> None:
+    """`--source s3://…` (fsspec's s3fs against the loopback server) ends in the very rows the
+    same tar files give read from disk; an S3 source that stops answering is exit 5, one line."""
+    from tests.helpers import outcome, read_table
+
+    s3 = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                      aws_access_key_id="test-key-id", aws_secret_access_key="test-secret")
+    names = sorted(p.name for p in shards.glob("*.tar"))
+    assert len(names) == 4
+    for name in names:
+        s3.upload_file(str(shards / name), "captions-bucket", f"src/{name}")
+    common = ["--until", "120", "--engine", "dry-run", "--quiet", "--ray-address", ray_address]
+    disk = cli("--source", str(shards), "--table", str(tmp_path / "disk"),
+               "--checkpoint-dir", str(tmp_path / "ck-disk"), *common)
+    assert disk.returncode == 0, said(disk.stderr)
+    res = cli("--source", "s3://captions-bucket/src", "--table", str(tmp_path / "s3"),
+              "--checkpoint-dir", str(tmp_path / "ck-s3"), *common, env=s3_env)
+    assert res.returncode == 0, said(res.stderr)
+    from_disk, from_s3 = outcome(str(tmp_path / "disk")), outcome(str(tmp_path / "s3"))
+    assert len(from_disk) == 120 and from_s3 == from_disk
+    shard_names = set(read_table(str(tmp_path / "s3")).column("source_shard").to_pylist())
+    assert shard_names == set(names)
+
+    # the same source on a server that no longer answers: retried, then one line and exit 5
+    port = _free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    down = {**s3_env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    boto3.client("s3", endpoint_url=down["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                 aws_access_key_id="test-key-id",
+                 aws_secret_access_key="test-secret").create_bucket(Bucket="gone-bucket")
+    server.stop()
+    res = cli("--source", "s3://gone-bucket/src", "--table", str(tmp_path / "down"),
+              "--checkpoint-dir", str(tmp_path / "ck-down"), *common, env=down, timeout=600)
+    assert res.returncode == 5, said(res.stderr)
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("enrich: error:") and "Traceback" not in res.stderr, said(res.stderr)
+    assert not (tmp_path / "down").exists()

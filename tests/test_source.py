@@ -248,3 +248,28 @@ def test_an_image_folder_over_fsspec_reads_as_the_same_folder_on_disk(tmp_path: 
     assert rows(remote) == rows(local) == [
         ("a.jpg", "a", b"img-a", "jpg", "an apple"), ("b.png", "b", b"img-b", "png", None),
         ("sub/c.webp", "sub/c", b"img-c", "webp", "a cat")]
+
+
+def test_a_remote_shard_that_cannot_be_read_for_good_is_one_line_naming_it() -> None:
+    """A read that no retry can fix (the node has no credentials for the store, access denied)
+    fails at once as a SourceError (exit 2) that names the shard and says where credentials
+    must be, instead of a traceback from the read task."""
+    from enrich.source.naming import Shard
+    from enrich.source.read import download
+
+    class NoCredentialsError(Exception):  # what botocore raises, by name
+        pass
+
+    calls = []
+
+    def refuse() -> object:
+        calls.append(1)
+        raise NoCredentialsError("Unable to locate credentials")
+
+    shard = Shard("00007.tar", "s3://bucket/00007.tar", refuse, remote=True)  # type: ignore[arg-type]
+    with pytest.raises(SourceError) as err:
+        download(shard)
+    text = str(err.value)
+    assert len(calls) == 1  # not retried
+    assert "00007.tar" in text and "NoCredentialsError" in text and "every node" in text
+    assert "\n" not in text and err.value.exit_code == 2

@@ -19,6 +19,19 @@ def unavailable(what: str, exc: BaseException, attempts: int) -> SourceUnavailab
                                   "committed so far are safe, run the same command again later")
 
 
+def unreadable(what: str, exc: BaseException) -> SourceError:
+    """A read that failed for good, not for a passing fault (no credentials, access denied, a
+    file gone since the listing): one line naming the file (exit 2). Read tasks run on the Ray
+    cluster's nodes, which must hold the source's credentials themselves: enrich does not send
+    secrets along with its tasks."""
+    hint = ""
+    if "credential" in type(exc).__name__.lower() or isinstance(exc, PermissionError):
+        hint = ("; every node of the Ray cluster needs the source's credentials in its own "
+                "environment or configuration")
+    return SourceError(f"{what} ({type(exc).__name__}: {one_line(str(exc))[:300]}){hint}; rows "
+                       "committed so far are safe")
+
+
 def read_retries(what: str) -> Retries:
     """The retries of one remote read that the caller loops over itself (``wait`` after each
     transient failure, see ``retry.read_transient``)."""

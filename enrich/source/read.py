@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from enrich.retry import read_transient
 from enrich.skip import PREFIX
-from enrich.source.access import read_retries
+from enrich.source.access import read_retries, unreadable
 from enrich.source.formats import BY_KIND
 from enrich.source.naming import Broken, Sample, Shard
 
@@ -69,7 +69,7 @@ def download(shard: Shard) -> bytes:
                 return fh.read()
         except Exception as exc:
             if not read_transient(exc):
-                raise
+                raise unreadable(f"cannot read shard {shard.name}", exc) from exc
             retries.wait(exc)
 
 
