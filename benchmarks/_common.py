@@ -138,7 +138,7 @@ class Measured:
     returncode: int
     stdout: str
     stderr: str
-    at_peak: dict[str, float] = field(default_factory=dict)  # process name -> MB, at the peak
+    at_peak: dict[str, float] = field(default_factory=dict)  # 'name xN processes' -> MB, at the peak
 
 
 def _name(pid: int) -> str:
@@ -179,10 +179,12 @@ def measure(cmd: list[str], *, env: dict[str, str] | None = None, cwd: str | Non
         pss = {p: _pss_kb(p) for p in pids}
         if sum(pss.values()) > peak:
             peak = sum(pss.values())
-            at_peak = {}
+            by_name: dict[str, list[float]] = {}
             for p, kb in pss.items():
-                name = _name(p)
-                at_peak[name] = at_peak.get(name, 0.0) + kb / 1024
+                mb_n = by_name.setdefault(_name(p), [0.0, 0])
+                mb_n[0] += kb / 1024
+                mb_n[1] += 1
+            at_peak = {(f"{k} x{n}" if n > 1 else k): mb for k, (mb, n) in by_name.items()}
         for p in pids:
             cpu[p] = max(cpu.get(p, 0.0), _cpu_s(p))
         time.sleep(interval)
