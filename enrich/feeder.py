@@ -1,6 +1,7 @@
 """The hand-off between the driver's reader and Ray: the feeder actor that holds the chunks the
 driver read until the fetch stage takes them (bounded: memory stays flat), the fetch stage
-itself, and :class:`Handoff`, the one owner of the feed thread and the ledger of chunks sent."""
+itself (a chunk's rows joined with their prepared images: the engine's input), and
+:class:`Handoff`, the one owner of the feed thread and the ledger of chunks sent."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from enrich.reader import FETCH_SCHEMA, FETCHED_SCHEMA, assemble
+from enrich.prepare import ENGINE_INPUT_SCHEMA
+from enrich.reader import assemble
 
 # Blocks of chunk ids. Each block is one fetch task; past the end of the source a task returns
 # at once, but each still costs Ray ~40 ms, so a --until far beyond the source must not mean
@@ -62,12 +64,6 @@ def make_feeder_class() -> Any:
                     del self.taken[j]
                 self.cond.notify_all()
 
-        async def parts(self, j: int) -> list[Any] | None:
-            """The image blocks of chunk ``j`` (taken, not yet released); None once released."""
-            async with self.cond:
-                chunk = self.taken.get(j)
-                return None if chunk is None else chunk[0]
-
         async def take(self, j: int) -> list[Any] | str | None:
             async with self.cond:
                 if j <= self.released and j not in self.taken:
@@ -85,8 +81,10 @@ def make_feeder_class() -> Any:
 
 
 class FetchChunks:
-    """Ray stage: turn chunk ids into the rows the driver read for them (numbers, statuses, and
-    where each image sits in the read tasks' blocks: the bytes stay there)."""
+    """Ray stage: turn chunk ids into the engine's input: the rows the driver read for each chunk
+    (numbers, statuses) joined with their prepared images, taken from the read tasks' blocks
+    (zero-copy from the object store; the feeder keeps the blocks' refs until the driver has the
+    chunk's rows)."""
 
     def __init__(self, feeder_name: str) -> None:
         import ray
@@ -106,37 +104,12 @@ class FetchChunks:
                 # A retry of this block (its actor died) re-asks for chunks the driver already
                 # received: yield an empty block in their place, so the retried generator's
                 # outputs line up with the ones Ray already delivered.
-                yield FETCHED_SCHEMA.empty_table()
+                yield ENGINE_INPUT_SCHEMA.empty_table()
                 continue
             if isinstance(got, str):
                 raise RuntimeError(got)
-            _, rows = got[0]
-            yield rows.append_column("chunk", pa.array([int(j)] * rows.num_rows, pa.int64()))
-
-
-def prepare_chunks(batch: pa.Table, *, size: int, feeder_name: str) -> pa.Table:
-    """Ray stage (tasks): the prepare step over fetched chunk rows. Each chunk's image bytes are
-    read here from the read tasks' blocks (zero-copy from the object store; the feeder keeps
-    the blocks' refs until the driver has the chunk's rows), so raw images cross the object
-    store once and a worker holds only the chunk it prepares."""
-    import ray
-
-    from enrich.prepare import prepare_batch
-
-    feeder = ray.get_actor(feeder_name)
-    chunk = batch.column("chunk").to_numpy()
-    out = []
-    for j in dict.fromkeys(chunk.tolist()):  # in order of appearance
-        rows = batch.filter(pa.array(chunk == j)).drop_columns(["chunk"])
-        parts = ray.get(feeder.parts.remote(int(j)))
-        if parts is None:
-            # The driver already has this chunk's rows (a task retried after they went through
-            # the engine): pass nothing on, as the fetch stage does for a released chunk.
-            continue
-        out.append(prepare_batch(assemble(ray.get(parts), rows), size=size))
-    if not out:
-        return prepare_batch(FETCH_SCHEMA.empty_table(), size=size)
-    return pa.concat_tables(out)
+            parts, rows = got[0]
+            yield assemble(ray.get(parts), rows)
 
 
 class Handoff:

@@ -32,7 +32,7 @@ from enrich.committer import Committer
 from enrich.config import RunConfig, source_env_from_env, storage_options_from_env
 from enrich.engines.base import Engine
 from enrich.errors import UsageError
-from enrich.feeder import MAX_RANGE_BLOCKS, FetchChunks, Handoff, prepare_chunks
+from enrich.feeder import MAX_RANGE_BLOCKS, FetchChunks, Handoff
 from enrich.journal import Journal
 from enrich.plan import Plan, make_plan
 from enrich.progress import Counts, Flow, Reporter
@@ -205,7 +205,7 @@ def run(cfg: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
         import ray
 
         reader = Reader(shards, plan.progress, cfg.until, skip, plan.retry_rows,
-                        read_cpus=engine.prepare_cpus(),
+                        read_cpus=engine.prepare_cpus(), image_size=cfg.image_size,
                         parallel=int(ray.cluster_resources().get("CPU", 2)),  # the cluster's CPUs
                         # Only remote sources need the driver's settings; forwarding them costs a
                         # worker pool of their own (a runtime_env), i.e. seconds of start-up.
@@ -256,13 +256,11 @@ def _execute(cfg: RunConfig, table: CaptionsTable, plan: Plan, engine: Engine, r
     ds: ray.data.Dataset = ray.data.from_items([{"id": j} for j in range(n_chunks)],
                              override_num_blocks=math.ceil(n_chunks / per_block))
     ds = ds.map_batches(FetchChunks, fn_constructor_kwargs={"feeder_name": handoff.name},
-                        # waiting on the feeder is all it does: no CPU reserved (on 2 cores a
-                        # reserved slot here would starve prepare: actors keep their CPUs)
+                        # waiting on the feeder and joining small tables is all it does: no CPU
+                        # reserved (on 2 cores a reserved slot would starve the read tasks,
+                        # which prepare the images: actors keep their CPUs)
                         batch_size=None, batch_format="numpy", num_cpus=0,
                         compute=ray.data.ActorPoolStrategy(size=1))
-    ds = ds.map_batches(prepare_chunks,  # type: ignore[arg-type]
-                        fn_kwargs={"size": cfg.image_size, "feeder_name": handoff.name},
-                        batch_size=None, batch_format="pyarrow", num_cpus=engine.prepare_cpus())
     ds = engine.apply(ds)
 
     handoff.start()

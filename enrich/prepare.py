@@ -1,7 +1,9 @@
 """Prepare stage: validate an image by decoding it fully, then make the engine's input.
 
 Pure core: :func:`prepare_image` (bytes in, a :class:`Prepared` out; never raises for bad
-bytes). Ray adapter: :func:`prepare_batch`, a ``map_batches`` function over Arrow batches.
+bytes). Ray adapters: :func:`prepare_images`, run inside each read task over the block it read,
+so that only the small prepared images enter the object store; :func:`engine_rows`, which joins
+a chunk's rows with them for the engine.
 
 A bad image is data, not an exception: it comes back ``rejected`` with a specific reason.
 ``Image.open`` reads only the header (a truncated JPEG passes it), so validation means ``load()``.
@@ -120,27 +122,47 @@ PREPARED_FIELDS = [
     pa.field("image_width", pa.int32()),
     pa.field("image_height", pa.int32()),
 ]
+# What the engine takes: a row's number, status and error, and its prepared image.
+ENGINE_INPUT_SCHEMA = pa.schema([pa.field("source_index", pa.int64()),
+                                 pa.field("status", pa.string()),
+                                 pa.field("error", pa.string()), *PREPARED_FIELDS])
+# One read block's images once prepared (in the read task that read them: the raw bytes never
+# enter the object store): the prepared image and original size, or why it was rejected.
+PREPARED_SCHEMA = pa.schema([*PREPARED_FIELDS, pa.field("reject", pa.string())])
 
 
-def prepare_batch(batch: pa.Table, *, size: int, draft: bool = True) -> pa.Table:
-    """Ray adapter: ``image`` bytes in, ``image_jpeg`` (the resized image) + original sizes out;
-    bad images become ``rejected`` rows."""
-    images = batch.column("image").to_pylist()
-    status = batch.column("status").to_pylist()
-    errors = batch.column("error").to_pylist()
-    pixels: list[bytes | None] = [None] * len(images)
-    widths: list[int | None] = [None] * len(images)
-    heights: list[int | None] = [None] * len(images)
-    for i, data in enumerate(images):
-        if status[i] != "pending":
-            continue
-        p = prepare_image(data, size=size, draft=draft, jpeg=True)
-        pixels[i], widths[i], heights[i] = p.jpeg, p.width, p.height
-        if not p.ok:
-            status[i], errors[i] = "rejected", p.error
-    out = batch.drop_columns(["image", "status", "error"])
-    out = out.append_column("status", pa.array(status, pa.string()))
-    out = out.append_column("error", pa.array(errors, pa.string()))
-    out = out.append_column(PREPARED_FIELDS[0], pa.array(pixels, pa.binary()))
-    out = out.append_column(PREPARED_FIELDS[1], pa.array(widths, pa.int32()))
-    return out.append_column(PREPARED_FIELDS[2], pa.array(heights, pa.int32()))
+def prepare_images(images: pa.Table, *, size: int, draft: bool = True) -> pa.Table:
+    """Ray adapter (inside a read task): a block's ``image`` bytes in, PREPARED_SCHEMA out, row
+    for row. Samples without an image (a shard's error marker) get a reason too; the driver has
+    already given those rows a status of their own."""
+    pixels: list[bytes | None] = []
+    widths: list[int | None] = []
+    heights: list[int | None] = []
+    rejects: list[str | None] = []
+    for chunk in images.column("image").chunks:
+        for i in range(len(chunk)):
+            p = prepare_image(chunk[i].as_py(), size=size, draft=draft, jpeg=True)
+            pixels.append(p.jpeg)
+            widths.append(p.width)
+            heights.append(p.height)
+            rejects.append(None if p.ok else p.error)
+    return pa.table([pa.array(pixels, pa.binary()), pa.array(widths, pa.int32()),
+                     pa.array(heights, pa.int32()), pa.array(rejects, pa.string())],
+                    schema=PREPARED_SCHEMA)
+
+
+def engine_rows(rows: pa.Table, prepared: pa.Table) -> pa.Table:
+    """A chunk's rows (``source_index``, ``status``, ``error``) joined row for row with their
+    prepared images: what the engine takes. Only ``pending`` rows carry an image; a pending row
+    whose image was rejected becomes ``rejected`` with the reason."""
+    import pyarrow.compute as pc
+
+    pending = pc.fill_null(pc.equal(rows.column("status"), "pending"), False)
+    rejected = pc.and_(pending, pc.is_valid(prepared.column("reject")))
+    status = pc.if_else(rejected, pa.scalar("rejected"), rows.column("status"))
+    error = pc.if_else(rejected, prepared.column("reject"), rows.column("error"))
+    # (a rejected image has no jpeg, and keeps the original size its header gave, if any)
+    cols = [pc.if_else(pending, prepared.column(f.name), pa.scalar(None, f.type))
+            for f in PREPARED_FIELDS]
+    return pa.Table.from_arrays([rows.column("source_index"), status, error, *cols],
+                                schema=ENGINE_INPUT_SCHEMA)

@@ -115,3 +115,38 @@ def test_exif_orientation_is_applied_to_the_pixels() -> None:
     want = [RGBW[2], RGBW[0], RGBW[3], RGBW[1]]
     for g, w in zip(got, want, strict=True):
         assert max(abs(a - b) for a, b in zip(g, w, strict=True)) <= 12, (got, want)  # JPEG
+
+
+def test_a_read_block_prepared_in_the_read_task_then_joined_to_the_chunk_rows(photo: Image.Image) -> None:
+    """prepare_images gives, row for row, what prepare_image gives each image; engine_rows joins
+    them to a chunk's rows: pending rows get their image (or become rejected with the reason),
+    rows the driver already settled keep their status and get no image."""
+    import pyarrow as pa
+
+    from enrich.prepare import ENGINE_INPUT_SCHEMA, engine_rows, prepare_images
+
+    buf = io.BytesIO()
+    photo.save(buf, "JPEG")
+    good = buf.getvalue()
+    images = [good, good[: len(good) // 2], None, b"not an image", good]
+    prepared = prepare_images(pa.table({"image": pa.array(images, pa.binary())}), size=64)
+    want = [prepare_image(d, size=64, jpeg=True) for d in images]
+    assert prepared.column("image_jpeg").to_pylist() == [w.jpeg for w in want]
+    assert prepared.column("image_width").to_pylist() == [w.width for w in want]
+    assert prepared.column("reject").to_pylist() == [w.error for w in want]
+    assert want[0].ok and not want[1].ok and not want[3].ok
+
+    rows = pa.table({"source_index": pa.array([10, 11, 12, 13, 14], pa.int64()),
+                     "status": ["pending", "pending", "failed", "pending", "rejected"],
+                     "error": pa.array([None, None, "shard error: x", None, "too big"], pa.string())})
+    got = engine_rows(rows, prepared)
+    assert got.schema == ENGINE_INPUT_SCHEMA
+    assert got.column("source_index").to_pylist() == [10, 11, 12, 13, 14]
+    assert got.column("status").to_pylist() == ["pending", "rejected", "failed",
+                                                "rejected", "rejected"]
+    assert got.column("error").to_pylist() == [None, want[1].error, "shard error: x", want[3].error,
+                                               "too big"]
+    jpegs = got.column("image_jpeg").to_pylist()
+    assert jpegs[0] == want[0].jpeg and jpegs[1:] == [None] * 4
+    assert got.column("image_width").to_pylist()[0] == photo.width
+    assert got.column("image_width").to_pylist()[2] is None and got.column("image_width").to_pylist()[4] is None

@@ -95,14 +95,21 @@ def test_read_blocks_hash_and_split_rows_like_iter_shard(tmp_path: Path) -> None
     assert sum(m.num_rows for m, _ in read_blocks(shards, limit=6, block_rows=4)) == 6
     only = list(read_blocks(shards[1:2], only=frozenset({4, 1})))
     assert [r["offset"] for r in only[0][0].to_pylist()] == [1, 4]
-    # the fetch stage's take: rows 1 and 3 of block 0, row 0 of block 1
+    # the fetch stage's join: rows 1 and 3 of block 0, row 0 of block 1, with their prepared
+    # images (these bytes are no pictures: each is rejected with its own reason)
     import pyarrow as pa
+
+    from enrich.prepare import prepare_images
+    parts = [prepare_images(blocks[k][1], size=32) for k in (0, 1)]
+    reasons = [r for part in parts for r in part.column("reject").to_pylist()]
     chunk = pa.table({"part": pa.array([0, 0, 1], pa.int32()), "position": pa.array([1, 3, 0], pa.int32()),
                       "source_index": pa.array([7, 8, 9], pa.int64()),
                       "status": ["pending"] * 3, "error": pa.array([None] * 3, pa.string())},
                      schema=CHUNK_SCHEMA)
-    got = assemble([blocks[0][1], blocks[1][1]], chunk)
-    assert got.column("image").to_pylist() == [images[1], images[3], images[4]]
+    got = assemble(parts, chunk)
+    assert got.column("status").to_pylist() == ["rejected"] * 3
+    assert got.column("error").to_pylist() == [reasons[1], reasons[3], reasons[4]]
+    assert all(reasons)
     assert got.column("source_index").to_pylist() == [7, 8, 9]
 
 
