@@ -63,8 +63,8 @@ class RunResult:
 def chunks_in_flight(cfg: RunConfig, cpus: float, engine_batches: int,
                      chunk_rows: int = CHUNK_ROWS) -> int:
     """How many chunks may be between the reader and the committer: enough to keep every engine
-    replica's queue full (``engine_batches`` batches in flight per replica) plus a prepare task
-    on every CPU (twice over: one being prepared, one waiting for the engine)."""
+    replica's queue full (``engine_batches`` batches in flight per replica) plus a read task's
+    block on every CPU (twice over: one being read and prepared, one waiting for the engine)."""
     engine_rows = cfg.replicas * cfg.engine_batch_size * engine_batches
     prepare_rows = max(MIN_ROWS_IN_FLIGHT, 2 * math.ceil(cpus) * chunk_rows)
     return math.ceil((prepare_rows + engine_rows) / chunk_rows)
@@ -205,7 +205,7 @@ def run(cfg: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
         import ray
 
         reader = Reader(shards, plan.progress, cfg.until, skip, plan.retry_rows,
-                        read_cpus=engine.prepare_cpus(), image_size=cfg.image_size,
+                        read_cpus=engine.read_cpus(), image_size=cfg.image_size,
                         parallel=int(ray.cluster_resources().get("CPU", 2)),  # the cluster's CPUs
                         # Only remote sources need the driver's settings; forwarding them costs a
                         # worker pool of their own (a runtime_env), i.e. seconds of start-up.

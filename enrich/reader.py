@@ -24,8 +24,8 @@ from enrich.source import Shard, read_blocks
 
 log = logging.getLogger(__name__)
 
-# Source rows per read block and per feeder chunk (one prepare task's work, ~3 s of CPU for web
-# photos). Ray Data costs the driver CPU per block, not per row: at 128 rows these per-block costs
+# Source rows per read block and per feeder chunk (one read task's block: ~3 s of CPU to prepare for
+# web photos). Ray Data costs the driver CPU per block, not per row: at 128 rows these per-block costs
 # were 0.39 ms of driver CPU per row, at 512 0.12 ms (benchmarks/driver.py, PERFORMANCE.md).
 CHUNK_ROWS = 512
 # A short run takes smaller chunks, so that its rows reach the engine and the table in several

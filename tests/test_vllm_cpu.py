@@ -177,7 +177,7 @@ def test_cpu_plan_always_leaves_room_for_every_task(total: float, replicas: int)
     plan = CpuPlan.fit(total, replicas)
     free_after_actors = total - plan.reserved
     assert plan.reserved == replicas * plan.replica <= total
-    assert 0 < plan.prepare_task <= min(1.0, free_after_actors)
+    assert 0 < plan.read_task <= min(1.0, free_after_actors)
 
 
 def test_cpu_mode_engine_has_no_gpu() -> None:
@@ -189,7 +189,7 @@ def test_cpu_mode_engine_has_no_gpu() -> None:
     assert kw["kv_cache_memory_bytes"] == 512 * 2**20
     desc = VLLMEngine(cfg).describe()
     assert desc["device"] == "cpu" and desc["gpus_per_replica"] == 0.0
-    assert desc["cpus"] == {"cluster": 2.0, "per_replica": 1.0, "per_prepare_task": 1.0}
+    assert desc["cpus"] == {"cluster": 2.0, "per_replica": 1.0, "per_read_task": 1.0}
 
 
 def _jpeg(seed: int) -> bytes:

@@ -50,9 +50,10 @@ class Engine(Protocol):
     def check_cluster(self) -> None:
         """Fail fast (``NoAcceleratorError``) when the cluster cannot host a replica."""
 
-    def prepare_cpus(self) -> float:
-        """The CPUs one task of enrich's prepare stage may reserve beside this engine's actors
-        (after ``check_cluster``), so that the run can always make progress."""
+    def read_cpus(self) -> float:
+        """The CPUs one of enrich's read tasks (read, hash and prepare a shard's images) may
+        reserve beside this engine's actors (after ``check_cluster``), so that the run can
+        always make progress."""
 
     def apply(self, ds: ray.data.Dataset) -> ray.data.Dataset:
         """Add captions to the ``pending`` rows of ``ds``; rows out follow OUTPUT_SCHEMA."""

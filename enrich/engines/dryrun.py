@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 # Ray resources of one replica: none. It stands in for a GPU replica, whose work is not on our
 # CPUs; it sleeps --dry-run-ms-per-image and computes a mean. Reserving a CPU for it would starve
-# the prepare tasks on a 2-core machine (a re-creation of the tutorial deadlocks there: actors
+# the read tasks (which prepare the images) on a 2-core machine (a re-creation of the tutorial deadlocks there: actors
 # held both CPUs and the tasks never got one).
 REPLICA_CPUS = 0.0
 
@@ -134,7 +134,7 @@ class DryRunEngine:
     def check_cluster(self) -> None:
         return None  # runs anywhere
 
-    def prepare_cpus(self) -> float:
+    def read_cpus(self) -> float:
         return 1.0  # its replicas reserve no CPU
 
     def apply(self, ds: ray.data.Dataset) -> ray.data.Dataset:

@@ -103,16 +103,16 @@ class CpuPlan:
     """What each part of a run reserves of the cluster's CPUs, so that every stage can start.
 
     Ray admits an actor or task only when its ``num_cpus`` are free, and actors keep theirs for
-    the whole run: a run whose actors take every CPU waits forever for its prepare tasks. Each
-    engine replica keeps the CPUs it wants (on a GPU: its render processes, engine loop and vLLM's
+    the whole run: a run whose actors take every CPU waits forever for its read tasks (which
+    also prepare the images). Each engine replica keeps the CPUs it wants (on a GPU: its render processes, engine loop and vLLM's
     engine-core process; on the CPU backend: the model's core) where the cluster has them to
-    spare, never fewer than one; a prepare task may take what is left, up to one CPU, so that
+    spare, never fewer than one; a read task may take what is left, up to one CPU, so that
     one can always run."""
 
     total: float
     replicas: int
     replica: float = 1.0
-    prepare_task: float = 0.0
+    read_task: float = 0.0
 
     @classmethod
     def fit(cls, total: float, replicas: int, want: float = 1.0) -> CpuPlan:
@@ -126,7 +126,7 @@ class CpuPlan:
                 f"CPUs (1 per replica plus 0.5 for preparing images), the Ray cluster has {total:g}; "
                 "give it more (--num-cpus) or lower --concurrency / --replicas-per-gpu")
         return cls(total=total, replicas=replicas, replica=replica,
-                   prepare_task=round(min(1.0, free), 4))
+                   read_task=round(min(1.0, free), 4))
 
     @property
     def reserved(self) -> float:
@@ -226,7 +226,7 @@ class VLLMEngine:
             "gpus_per_replica": self.gpus_per_replica,
             "replicas": self.cfg.replicas,
             "cpus": {"cluster": cpus.total, "per_replica": cpus.replica,
-                     "per_prepare_task": cpus.prepare_task},
+                     "per_read_task": cpus.read_task},
             "render_processes_per_replica": self.render_processes,
             "render_threads_per_replica": self.render_threads,
             "batches_in_flight_per_replica": BATCHES_IN_FLIGHT,
@@ -236,7 +236,7 @@ class VLLMEngine:
     def check_cluster(self) -> None:
         """Ray waits forever for a GPU that no node has, or for CPUs that its actors already hold
         (Ray admits an actor only when its resources are free): look before we ask, and size the
-        prepare tasks to the cluster."""
+        read tasks to the cluster."""
         import ray
 
         engine_kwargs(self.cfg)  # a bad --engine-kwargs combination is a usage error, before Ray waits
@@ -263,8 +263,8 @@ class VLLMEngine:
                     "autoscaling clusters, or --engine dry-run")
             time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
 
-    def prepare_cpus(self) -> float:
-        return self._cpu_plan().prepare_task
+    def read_cpus(self) -> float:
+        return self._cpu_plan().read_task
 
     def apply(self, ds: ray.data.Dataset) -> ray.data.Dataset:
         import ray.data
