@@ -38,22 +38,29 @@ def read_retries(what: str) -> Retries:
     return Retries(what, READ, lambda exc, n: unavailable(what, exc, n))
 
 
+def retried_read(what: str, once: Callable[[], _T], failed: Callable[[BaseException], BaseException]) -> _T:
+    """``once()`` under the read retries: transient failures retried, then SourceUnavailableError
+    (exit 5); any other failure at once as ``failed(exc)``."""
+
+    def give_up(exc: BaseException, attempts: int) -> BaseException:
+        return unavailable(what, exc, attempts) if read_transient(exc) else failed(exc)
+
+    return call(once, what=what, policy=READ, transient=read_transient,  # type: ignore[return-value]
+                give_up=give_up)
+
+
 def listing(shown: str, list_once: Callable[[], _T]) -> _T:
     """``list_once()`` under the read retries; a source that does not exist or cannot be listed
     is a SourceError naming ``shown`` (the spelling the user typed)."""
-    what = f"--source {shown!r}: listing shards"
 
-    def give_up(exc: BaseException, attempts: int) -> BaseException:
+    def failed(exc: BaseException) -> BaseException:
         if isinstance(exc, SourceError):
             return exc
-        if read_transient(exc):
-            return unavailable(what, exc, attempts)
         why = "not found" if is_missing(exc) else "cannot list shards"
         return SourceError(f"--source {shown!r}: {why} ({type(exc).__name__}: "
                            f"{one_line(str(exc))[:300]})")
 
-    return call(list_once, what=what, policy=READ, transient=read_transient,  # type: ignore[return-value]
-                give_up=give_up)
+    return retried_read(f"--source {shown!r}: listing shards", list_once, failed)
 
 
 def opener_local(path: str) -> Callable[[], IO[bytes]]:

@@ -16,9 +16,9 @@ from typing import IO
 
 import pyarrow as pa
 
-from enrich.retry import READ, call, read_transient
+from enrich.retry import read_transient
 from enrich.skip import PREFIX
-from enrich.source.access import read_retries, unavailable, unreadable
+from enrich.source.access import read_retries, retried_read, unreadable
 from enrich.source.formats import BY_KIND
 from enrich.source.naming import Broken, Sample, Shard
 
@@ -63,19 +63,13 @@ def iter_shard(shard: Shard, *, start: int = 0) -> Iterator[Sample]:
 def download(shard: Shard) -> bytes:
     """A remote shard's bytes, whole, under the read retries; a read no retry can fix (no
     credentials, access denied, gone) is a SourceError naming the shard."""
-    what = f"downloading shard {shard.name}"
 
     def once() -> bytes:
         with shard.open() as fh:
             return fh.read()
 
-    def give_up(exc: BaseException, attempts: int) -> BaseException:
-        if read_transient(exc):
-            return unavailable(what, exc, attempts)
-        return unreadable(f"cannot read shard {shard.name}", exc)
-
-    return call(once, what=what, policy=READ, transient=read_transient,  # type: ignore[return-value]
-                give_up=give_up)
+    return retried_read(f"downloading shard {shard.name}", once,
+                lambda exc: unreadable(f"cannot read shard {shard.name}", exc))
 
 
 def _bytes_opener(data: bytes) -> Callable[[], IO[bytes]]:
