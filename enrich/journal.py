@@ -56,7 +56,7 @@ class Journal:
         folder = self.dir
         while not folder.exists() and folder != folder.parent:
             folder = folder.parent  # the nearest folder that exists: nothing is created here
-        why = "NotADirectoryError: Not a directory" if not folder.is_dir() else cannot_write(str(folder))
+        why = cannot_write(str(folder))  # a file in the way: NotADirectoryError
         if why:
             raise UsageError(f"--checkpoint-dir {self.cfg.checkpoint_dir!r}: cannot write run "
                              f"journals in {self.dir} ({why})")
