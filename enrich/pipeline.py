@@ -66,8 +66,8 @@ def chunks_in_flight(cfg: RunConfig, cpus: float, engine_batches: int,
     replica's queue full (``engine_batches`` batches in flight per replica) plus a read task's
     block on every CPU (twice over: one being read and prepared, one waiting for the engine)."""
     engine_rows = cfg.replicas * cfg.engine_batch_size * engine_batches
-    prepare_rows = max(MIN_ROWS_IN_FLIGHT, 2 * math.ceil(cpus) * chunk_rows)
-    return math.ceil((prepare_rows + engine_rows) / chunk_rows)
+    read_rows = max(MIN_ROWS_IN_FLIGHT, 2 * math.ceil(cpus) * chunk_rows)
+    return math.ceil((read_rows + engine_rows) / chunk_rows)
 
 
 RAY_PROBE_S = 5.0

@@ -1,4 +1,4 @@
-"""Prepare stage: validate an image by decoding it fully, then make the engine's input.
+"""The prepare step: validate an image by decoding it fully, then make the engine's input.
 
 Pure core: :func:`prepare_image` (bytes in, a :class:`Prepared` out; never raises for bad
 bytes). Ray adapters: :func:`prepare_images`, run inside each read task over the block it read,

@@ -24,9 +24,9 @@ from enrich.source import Shard, read_blocks
 
 log = logging.getLogger(__name__)
 
-# Source rows per read block and per feeder chunk (one read task's block: ~3 s of CPU to prepare for
-# web photos). Ray Data costs the driver CPU per block, not per row: at 128 rows these per-block costs
-# were 0.39 ms of driver CPU per row, at 512 0.12 ms (benchmarks/driver.py, PERFORMANCE.md).
+# Source rows per read block and per feeder chunk (~3 s of a read task's CPU to prepare, for web
+# photos). Ray Data costs the driver CPU per block, not per row: at 128 rows these per-block
+# costs were 0.39 ms of driver CPU per row, at 512 0.12 ms (benchmarks/driver.py, PERFORMANCE.md).
 CHUNK_ROWS = 512
 # A short run takes smaller chunks, so that its rows reach the engine and the table in several
 # steps rather than one or two at the end (a 1,000-row run: 96-row chunks, not 512).
@@ -77,10 +77,10 @@ class Chunk:
 @dataclass(frozen=True)
 class ReadJob:
     shards: tuple[Shard, ...]
+    block_rows: int
+    image_size: int  # the prepare step's square side
     start: int = 0
     only: frozenset[int] | None = None  # retried rows: just these offsets of one shard
-    block_rows: int = CHUNK_ROWS
-    image_size: int = 225  # the prepare step's square side
 
 
 def _read_job(job: ReadJob, limit: int | None) -> Iterator[pa.Table]:
@@ -122,8 +122,8 @@ class Reader:
     read tasks, and yields :class:`Chunk` s in order."""
 
     def __init__(self, shards: list[Shard], start: Progress, until: int, skip: SkipIndex,
-                 retry_rows: pa.Table, *, read_cpus: float = 1.0, parallel: int = 2,
-                 image_size: int = 225, env: dict[str, str] | None = None) -> None:
+                 retry_rows: pa.Table, *, image_size: int, read_cpus: float = 1.0,
+                 parallel: int = 2, env: dict[str, str] | None = None) -> None:
         self.shards = shards
         self.image_size = image_size
         self.start = start
@@ -160,9 +160,10 @@ class Reader:
 
         # If the caller stops early (--until reached, or an error), the read tasks still in the
         # window are left to end on their own (each reads at most `limit` rows) and their blocks
-        # are freed with their refs. Never ray.cancel() them: in Ray 2.60 cancelling a streaming-generator
-        # task while it completes kills the driver ("Check failed: ... Tried to complete task
-        # that was not pending", exit 1) — reproduced by cancelling short generators in a loop.
+        # are freed with their refs. Never ray.cancel() them: in Ray 2.60 cancelling a
+        # streaming-generator task while it completes kills the driver ("Check failed: ... Tried
+        # to complete task that was not pending", exit 1) — reproduced by cancelling short
+        # generators in a loop.
         fill()
         while window:
             gen = window[0]
@@ -179,8 +180,8 @@ class Reader:
         i = 0
         while i < len(shards):
             take = IMAGE_FILES_PER_TASK if shards[i].kind == "image" else 1
-            yield ReadJob(tuple(shards[i:i + take]), start if i == 0 else 0,
-                          block_rows=self.chunk_rows, image_size=self.image_size)
+            yield ReadJob(tuple(shards[i:i + take]), self.chunk_rows, self.image_size,
+                          start=start if i == 0 else 0)
             i += take
 
     def _main_width(self) -> int:
@@ -203,8 +204,8 @@ class Reader:
             if name not in by_name:
                 log.warning("shard %s of %d failed rows is gone from the source", name,
                             len(wanted[name]))
-        jobs = iter([ReadJob((by_name[n],), only=frozenset(wanted[n]), block_rows=self.chunk_rows,
-                             image_size=self.image_size)
+        jobs = iter([ReadJob((by_name[n],), self.chunk_rows, self.image_size,
+                             only=frozenset(wanted[n]))
                      for n in sorted(wanted) if n in by_name])
         for meta, images_ref in self._blocks(jobs, lambda: self.parallel, None):
             names = meta.column("shard").to_pylist()

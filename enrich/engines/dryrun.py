@@ -30,8 +30,8 @@ if TYPE_CHECKING:
 
 # Ray resources of one replica: none. It stands in for a GPU replica, whose work is not on our
 # CPUs; it sleeps --dry-run-ms-per-image and computes a mean. Reserving a CPU for it would starve
-# the read tasks (which prepare the images) on a 2-core machine (a re-creation of the tutorial deadlocks there: actors
-# held both CPUs and the tasks never got one).
+# the read tasks (which prepare the images) on a 2-core machine (a re-creation of the tutorial
+# deadlocks there: actors held both CPUs and the tasks never got one).
 REPLICA_CPUS = 0.0
 
 

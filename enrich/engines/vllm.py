@@ -104,10 +104,10 @@ class CpuPlan:
 
     Ray admits an actor or task only when its ``num_cpus`` are free, and actors keep theirs for
     the whole run: a run whose actors take every CPU waits forever for its read tasks (which
-    also prepare the images). Each engine replica keeps the CPUs it wants (on a GPU: its render processes, engine loop and vLLM's
-    engine-core process; on the CPU backend: the model's core) where the cluster has them to
-    spare, never fewer than one; a read task may take what is left, up to one CPU, so that
-    one can always run."""
+    also prepare the images). Each engine replica keeps the CPUs it wants (on a GPU: its render
+    processes, engine loop and vLLM's engine-core process; on the CPU backend: the model's core)
+    where the cluster has them to spare, never fewer than one; a read task may take what is
+    left, up to one CPU, so that one can always run."""
 
     total: float
     replicas: int
