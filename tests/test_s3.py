@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,12 @@ from tests.helpers import said
 
 moto_server = pytest.importorskip("moto.server")
 boto3 = pytest.importorskip("boto3")
+
+
+def _client(endpoint: str) -> Any:
+    """A client of the loopback server, with the dummy credentials it takes."""
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                        aws_access_key_id="test-key-id", aws_secret_access_key="test-secret")
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +37,7 @@ def s3_env() -> dict[str, str]:
         # no AWS_S3_ALLOW_UNSAFE_RENAME: delta-rs commits with conditional writes (If-None-Match),
         # which moto's server honours, so concurrent writers stay safe
     }
-    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                 aws_access_key_id="test-key-id",
-                 aws_secret_access_key="test-secret").create_bucket(Bucket="captions-bucket")
+    _client(env["AWS_ENDPOINT_URL"]).create_bucket(Bucket="captions-bucket")
     yield env
     server.stop()
 
@@ -61,8 +66,7 @@ def test_s3_table_run_kill_resume(s3_env: dict[str, str], shards: Path, tmp_path
     assert clean.returncode == 0, clean.stderr
     args = ["--until", "120", "--table", "s3://captions-bucket/killed", "--commit-every", "10",
             "--dry-run-ms-per-image", "25", "--lock-ttl", "30", *common]
-    s3 = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                      aws_access_key_id="test-key-id", aws_secret_access_key="test-secret")
+    s3 = _client(s3_env["AWS_ENDPOINT_URL"])
 
     def commits() -> int:
         listed = s3.list_objects_v2(Bucket="captions-bucket", Prefix="killed/_delta_log/")
@@ -221,8 +225,7 @@ def test_the_store_stopping_mid_run_is_one_line_and_the_rerun_is_exact(
     env = {"AWS_ACCESS_KEY_ID": "test-key-id", "AWS_SECRET_ACCESS_KEY": "test-secret",
            "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ALLOW_HTTP": "true"}
-    s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                      aws_access_key_id="test-key-id", aws_secret_access_key="test-secret")
+    s3 = _client(env["AWS_ENDPOINT_URL"])
     s3.create_bucket(Bucket="outage-bucket")
     args = ["--until", "120", "--source", str(shards), "--table", "s3://outage-bucket/t",
             "--engine", "dry-run", "--checkpoint-dir", str(tmp_path / "ck"), "--quiet",
@@ -282,8 +285,7 @@ def test_s3_source_reads_the_same_rows_as_the_shards_on_disk(s3_env: dict[str, s
     same tar files give read from disk; an S3 source that stops answering is exit 5, one line."""
     from tests.helpers import outcome, read_table
 
-    s3 = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                      aws_access_key_id="test-key-id", aws_secret_access_key="test-secret")
+    s3 = _client(s3_env["AWS_ENDPOINT_URL"])
     names = sorted(p.name for p in shards.glob("*.tar"))
     assert len(names) == 4
     for name in names:
@@ -305,9 +307,7 @@ def test_s3_source_reads_the_same_rows_as_the_shards_on_disk(s3_env: dict[str, s
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     down = {**s3_env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    boto3.client("s3", endpoint_url=down["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                 aws_access_key_id="test-key-id",
-                 aws_secret_access_key="test-secret").create_bucket(Bucket="gone-bucket")
+    _client(down["AWS_ENDPOINT_URL"]).create_bucket(Bucket="gone-bucket")
     server.stop()
     res = cli("--source", "s3://gone-bucket/src", "--table", str(tmp_path / "down"),
               "--checkpoint-dir", str(tmp_path / "ck-down"), *common, env=down, timeout=600)
