@@ -81,21 +81,27 @@ def skip_index_figures(n: int = 1_000_000) -> dict[str, float]:
             "build_s": build}
 
 
-def pair(work: Path, n: int, out: Path) -> None:
-    """The tutorial and enrich on the same photos, one after the other: rows/s and peak memory."""
-    data = make_photo_set(work / f"photos-{n}", n)
-    tables = work / "pair-tables"
-    shutil.rmtree(tables, ignore_errors=True)
-    tables.mkdir(parents=True)
+def side_by_side(data: Path, tables: Path, n: int) -> dict[str, dict]:
+    """(a) the tutorial's pipeline and (b) enrich on the same photos, one after the other."""
     res: dict[str, dict] = {}
     for name, cmd in (("tutorial", [PY, str(ROOT / "benchmarks" / "tutorial_baseline.py"), str(data), str(n)]),
                       ("enrich", enrich_cmd(data, tables / "main", n))):
-        print(f"{name} ...", flush=True)
+        print(f"({name[0]}) {name} ...", flush=True)
         m = measure(cmd)
         assert m.returncode == 0, m.stderr[-3000:]
         res[name] = {"rows_per_s": round(n / m.wall_s, 1), "cpu_s_per_image": round(m.cpu_s / n, 4),
                      "peak_mem_mb": round(m.peak_mem_mb), "wall_s": round(m.wall_s, 1),
                      "mb_by_process_at_peak": m.at_peak}
+    return res
+
+
+def pair(work: Path, n: int, out: Path) -> None:
+    """Only the tutorial and enrich, side by side: rows/s and peak memory, and their ratios."""
+    data = make_photo_set(work / f"photos-{n}", n)
+    tables = work / "pair-tables"
+    shutil.rmtree(tables, ignore_errors=True)
+    tables.mkdir(parents=True)
+    res = side_by_side(data, tables, n)
     t, e = res["tutorial"], res["enrich"]
     res["ratios"] = {"rows_per_s_enrich_over_tutorial": round(e["rows_per_s"] / t["rows_per_s"], 2),
                      "peak_mem_enrich_over_tutorial": round(e["peak_mem_mb"] / t["peak_mem_mb"], 2)}
@@ -131,17 +137,7 @@ def main() -> None:
     rate, wall = bare_rate(data_n, cpus)
     res["bare"] = {"rows_per_s": rate, "wall_s": wall}
 
-    print("(a) tutorial pipeline ...", flush=True)
-    m = measure([PY, str(ROOT / "benchmarks" / "tutorial_baseline.py"), str(data_n), str(args.n)])
-    assert m.returncode == 0, m.stderr[-3000:]
-    res["tutorial"] = {"rows_per_s": args.n / m.wall_s, "cpu_s_per_image": m.cpu_s / args.n,
-                       "peak_mem_mb": m.peak_mem_mb, "wall_s": m.wall_s}
-
-    print("(b) enrich ...", flush=True)
-    m = measure(enrich_cmd(data_n, tables / "main", args.n))
-    assert m.returncode == 0, m.stderr[-3000:]
-    res["enrich"] = {"rows_per_s": args.n / m.wall_s, "cpu_s_per_image": m.cpu_s / args.n,
-                     "peak_mem_mb": m.peak_mem_mb, "wall_s": m.wall_s}
+    res.update(side_by_side(data_n, tables, args.n))
 
     print("rerun of the completed --until ...", flush=True)
     m = measure(enrich_cmd(data_n, tables / "main", args.n))

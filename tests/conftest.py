@@ -55,19 +55,12 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     # The cluster's nodes hold the object store's credentials (the S3 server of tests/test_s3.py
     # takes any): enrich sends read tasks the driver's non-secret settings only (the endpoint),
     # never keys, so a real cluster's nodes must have their own. Ray's processes inherit them.
-    node_env = {"AWS_ACCESS_KEY_ID": "test-key-id", "AWS_SECRET_ACCESS_KEY": "test-secret"}
-    saved = {k: os.environ.get(k) for k in node_env}
-    os.environ.update(node_env)
-    try:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AWS_ACCESS_KEY_ID", "test-key-id")
+        env.setenv("AWS_SECRET_ACCESS_KEY", "test-secret")
         ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False,
                  _node_ip_address="127.0.0.1",
                  _temp_dir=str(tmp_path_factory.mktemp("ray")))
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
