@@ -18,7 +18,11 @@ prepare step (225x225 JPEG), for the bare runs.
 
 Runs (`--runs`, comma-separated, in order, each in fresh processes):
   vllm-bench    `vllm bench throughput` on random 224x224 images, 50 prompt + 100 output tokens,
-                max_num_seqs 256, one engine: vLLM's own number for this shape of work.
+                max_num_seqs 256, one engine, its default offline backend: no image is
+                processed there (see run_vllm_bench), a text-only ceiling.
+  vllm-bench-chat the same with `--backend vllm-chat` (LLM.chat): the images are processed;
+                vLLM's own number for this shape of work.
+  imports       the seconds `import torch; from vllm import LLM` takes on the idle host.
   bare:K        K `vllm.LLM` engines sharing GPU 0, started together, each calling
                 `LLM.generate` once on its 1/K of the prepared images, with enrich's prompt
                 (the model's chat template rendered by enrich's engine code), enrich's engine
@@ -209,10 +213,15 @@ def _logged(name: str, cmd: list[str], d: Path) -> tuple[Sampler, float, float]:
 # ------------------------------------------------------------------------------------------
 # vLLM's own benchmark.
 # ------------------------------------------------------------------------------------------
-def run_vllm_bench(model: str, n: int, work: Path) -> dict[str, Any]:
-    d = work / "vllm-bench"
+def run_vllm_bench(model: str, n: int, work: Path, chat: bool = False) -> dict[str, Any]:
+    """vLLM's `bench throughput`. Its default (offline `vllm`) backend hands each request's image
+    to LLM.generate as a chat content part, which that call does not read: no image is processed
+    (its prompt-token count shows it). ``chat``: the `vllm-chat` backend (LLM.chat), which does
+    process the images: vLLM's own number for captioning-shaped work."""
+    d = work / ("vllm-bench-chat" if chat else "vllm-bench")
     d.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "bench", "throughput", "--model", model,
+           *(["--backend", "vllm-chat"] if chat else []),
            "--dataset-name", "random-mm", "--random-mm-bucket-config", "{(224, 224, 1): 1.0}",
            "--random-mm-base-items-per-request", "1", "--random-mm-num-mm-items-range-ratio", "0",
            "--random-mm-limit-mm-per-prompt", '{"image":1,"video":0}', "--random-input-len", "50",
@@ -224,12 +233,27 @@ def run_vllm_bench(model: str, n: int, work: Path) -> dict[str, Any]:
     gen_s = float(r["elapsed_time"])
     # its generating window is the last elapsed_time seconds before it wrote its result
     g1 = (d / "out.json").stat().st_mtime
-    return {"kind": "vllm-bench", "gpus": 1, "engines_per_gpu": 1, "rows": int(r["num_requests"]),
+    import re
+
+    said = re.search(r"Total num prompt tokens:\s+(\d+)", (d / "log").read_text())
+    prompt_tokens = round(int(said.group(1)) / int(r["num_requests"]), 1) if said else None
+    return {"kind": "vllm-bench", "backend": "vllm-chat" if chat else "vllm",
+            "prompt_tokens_per_request": prompt_tokens,
+            "gpus": 1, "engines_per_gpu": 1, "rows": int(r["num_requests"]),
             "captions_per_s_sustained": round(float(r["requests_per_second"]), 1),
             "sustained_window": "vLLM's own elapsed time for all requests (LLM.generate)",
             "output_tokens_per_s": round(float(r["requests_per_second"]) * TOKENS),
             "gpu_util_pct": s.gpu_mean(1, g1 - gen_s, g1), "cpu_cores_busy": Sampler.mean(s.cpu, g1 - gen_s, g1),
             "wall_s": round(t1 - t0, 1), "command": " ".join(cmd[1:])}
+
+
+def run_imports() -> dict[str, Any]:
+    """What a replica's imports cost on this host when nothing else runs (an enrich replica
+    logs its own, taken while the read tasks prepare images on the other cores)."""
+    code = "import time; t = time.time(); import torch; from vllm import LLM, SamplingParams; print(time.time() - t)"
+    took = [float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                 check=True).stdout.split()[-1]) for _ in range(2)]
+    return {"kind": "imports", "import_torch_and_vllm_s": [round(t, 1) for t in took]}
 
 
 # ------------------------------------------------------------------------------------------
@@ -437,7 +461,7 @@ def run_enrich(gpus: int, k: int, model: str, dummy: bool, shards: Path, n: int,
 
 
 # vLLM's own start-up lines (weights, compile, CUDA graphs, engine init) and enrich's replica line
-STARTUP_MARKS = ("enrich: replica start-up", "Loading weights took", "Model loading took",
+STARTUP_MARKS = ("enrich: replica start-up", "enrich: replica first batch", "Loading weights took", "Model loading took",
                  "torch.compile take", "Compiling a graph", "Directly load the compiled graph",
                  "Graph capturing finished", "init engine", "compile range", "encoder cudagraph",
                  "Available KV cache memory", "GPU KV cache size", "async_scheduling")
@@ -471,15 +495,23 @@ def _replica_startup(lines: list[str], t0: float) -> list[dict[str, Any]]:
     its start-up, and its split (imports, engine, renderer)."""
     import re
 
-    out = []
+    out: dict[str, dict[str, Any]] = {}
     for line in lines:
+        worker = line.split(":", 1)[0]
         m = re.search(r"replica start-up ([\d.]+) s: imports ([\d.]+) s, engine ([\d.]+) s, "
                       r"renderer ([\d.]+) s more \[t_start=([\d.]+) t_ready=([\d.]+)\]", line)
         if m:
             total, imp, eng, ren, ts, tr = map(float, m.groups())
-            out.append({"actor_start_s": round(ts - t0, 1), "imports_s": imp, "engine_s": eng,
-                        "renderer_s": ren, "ready_s": round(tr - t0, 1)})
-    return sorted(out, key=lambda r: r["ready_s"])
+            out.setdefault(worker, {}).update({
+                "actor_start_s": round(ts - t0, 1), "imports_s": imp, "engine_s": eng,
+                "renderer_s": ren, "ready_s": round(tr - t0, 1)})
+        m = re.search(r"replica first batch of (\d+) rows: taken ([\d.]+) s after ready, "
+                      r"done ([\d.]+) s after ready", line)
+        if m and "first_batch_done_after_ready_s" not in out.get(worker, {}):
+            out.setdefault(worker, {}).update({
+                "first_batch_rows": int(m.group(1)), "first_batch_taken_after_ready_s": float(m.group(2)),
+                "first_batch_done_after_ready_s": float(m.group(3))})
+    return sorted(out.values(), key=lambda r: r.get("ready_s", 0))
 
 
 def _committed_past(table: Path, rows: int) -> bool:
@@ -572,8 +604,10 @@ def main() -> None:
         base, extra = variant(spec)
         parts = base.split(":")
         try:
-            if parts[0] == "vllm-bench":
-                r = run_vllm_bench(args.model, args.bare_n, WORK)
+            if parts[0] in ("vllm-bench", "vllm-bench-chat"):
+                r = run_vllm_bench(args.model, args.bare_n, WORK, chat=parts[0] == "vllm-bench-chat")
+            elif parts[0] == "imports":
+                r = run_imports()
             elif parts[0] in ("bare", "split"):
                 r = run_bare(int(parts[1]), args.model, args.dummy_weights, prepared, WORK,
                              args.accelerator_type, extra, split=parts[0] == "split")

@@ -72,7 +72,7 @@ def build_run_parser() -> argparse.ArgumentParser:
     e.add_argument("--render-processes", type=nonneg_int, metavar="N",
                    help="processes per vLLM replica that process its inputs (image processor, "
                    "tokenizer); 0: threads in the replica (default: 2 on GPUs, 0 on cpu)")
-    e.add_argument("--batch-size", type=pos_int, help="rows per engine batch (default 1024 for vLLM on GPUs, else 64)")
+    e.add_argument("--batch-size", type=pos_int, help="rows per engine batch (default 512 for vLLM on GPUs, else 64)")
     e.add_argument("--max-model-len", type=pos_int, help="vLLM max_model_len (default 8192)")
     e.add_argument("--engine-kwargs", type=json_object, metavar="JSON",
                    help="extra vLLM engine arguments as a JSON object (tensor_parallel_size, "

@@ -46,10 +46,11 @@ DRY_RUN_MODEL = "dry-run"
 REPLICAS_PER_GPU: dict[str, int] = {"H100": 3, "H200": 2, "A100-80G": 3}
 
 # Rows per engine batch when --batch-size is not given. A vLLM replica on a GPU keeps its engine
-# at max_num_seqs (256) sequences across two batches at once, so each batch holds several times
-# that; the dry-run engine and vLLM's CPU backend take small batches, so that a short run
-# commits early and often.
-GPU_BATCH_SIZE = 1024
+# at max_num_seqs (256) sequences across two batches at once, so each batch holds twice that:
+# the engine never drains, and since a batch's rows come back together when its last row is
+# done, the first rows reach the table after one 512-row batch, not 1,024. The dry-run engine
+# and vLLM's CPU backend take small batches, so that a short run commits early and often.
+GPU_BATCH_SIZE = 512
 SMALL_BATCH_SIZE = 64
 
 EngineName = Literal["vllm", "dry-run"]

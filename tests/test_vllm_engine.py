@@ -226,6 +226,39 @@ def test_batches_share_the_engine_within_the_lookahead() -> None:
     assert llm.llm_engine.added == 40 and llm.llm_engine.peak <= 3
 
 
+def test_batches_reach_the_engine_in_the_order_they_came() -> None:
+    """Two batches at once on a replica: the first one's rows all go into the engine before any
+    of the second's (so the first batch finishes first, and its rows reach the table sooner),
+    and the engine still never holds more than the lookahead."""
+    llm = _FakeLLM()
+    order: list[int] = []
+    add = llm.llm_engine.add_request
+
+    def recording_add(rid: str, rendered: dict, params: object) -> None:
+        add(rid, rendered, params)
+        order.append(rendered["seed"])
+
+    step = llm.llm_engine.step
+
+    def slow_step() -> list:  # the first batch is still handing rows over when the second comes
+        threading.Event().wait(0.005)
+        return step()
+
+    llm.llm_engine.add_request = recording_add  # type: ignore[method-assign]
+    llm.llm_engine.step = slow_step  # type: ignore[method-assign]
+    replica = _replica(llm, lookahead=4)
+    first, second = (_batch(_pending_rows(range(k * 30, k * 30 + 30))) for k in range(2))
+    with ThreadPoolExecutor(2) as pool:
+        a = pool.submit(replica, first)
+        while not order:  # the first batch has begun
+            threading.Event().wait(0.001)
+        b = pool.submit(replica, second)
+        outs = [a.result(), b.result()]
+    assert order == list(range(60))
+    assert [r["caption"] for r in outs[1].to_pylist()] == [f"caption {s}" for s in range(30, 60)]
+    assert llm.llm_engine.peak <= 4
+
+
 def test_a_dead_engine_ends_the_replica_not_the_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     exits: list[int] = []
 
@@ -259,7 +292,7 @@ def test_plan_for_vllm_prints_the_engine_arguments(tmp_path: Path) -> None:
     assert plan["source"] == "BLIP3o/BLIP3o-Pretrain-Short-Caption"
     eng = plan["engine"]
     assert eng["llm_kwargs"]["model"] == "Qwen/Qwen2.5-VL-3B-Instruct" and eng["accelerator_type"] == "L4"
-    assert eng["batch_size"] == 1024 and eng["gpus_per_replica"] == 1.0
+    assert eng["batch_size"] == 512 and eng["gpus_per_replica"] == 1.0
     assert plan["caption"]["temperature"] == 0.3 and plan["caption"]["max_tokens"] == 256
 
 
@@ -299,7 +332,7 @@ def test_shared_gpu_engines_get_a_share_and_a_fixed_kv_cache() -> None:
 
 
 def test_batch_size_defaults_per_engine() -> None:
-    assert RunConfig(until=1, engine="vllm", accelerator_type="H200").engine_batch_size == 1024
+    assert RunConfig(until=1, engine="vllm", accelerator_type="H200").engine_batch_size == 512
     assert RunConfig(until=1, engine="vllm", accelerator_type="cpu").engine_batch_size == 64
     assert RunConfig(until=1, engine="dry-run").engine_batch_size == 64
     assert RunConfig(until=1, engine="vllm", batch_size=300).engine_batch_size == 300
