@@ -204,12 +204,16 @@ def _jpeg(seed: int) -> bytes:
     return buf.getvalue()
 
 
-def test_render_processes_hand_the_engine_its_own_requests(tiny_model: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """A replica with render processes (the GPU default): each request they make equals the one
-    the replica's own ``vllm.LLM`` makes for the same image (tokens, image hash, placeholder,
-    pixel tensors), rows are captioned through them, an unreadable image fails its row alone,
-    and a render process that dies ends the replica (Ray restarts it) instead of failing rows."""
+@pytest.mark.parametrize("ahead", [True, False], ids=["config-ahead", "config-from-engine"])
+def test_render_processes_hand_the_engine_its_own_requests(tiny_model: Path, ahead: bool,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capfd: pytest.CaptureFixture[str]) -> None:
+    """A replica with render processes (the GPU default), their renderer built from the engine
+    config made before the engine (or, where that fails, from the engine's own): each request
+    they make equals the one the replica's own ``vllm.LLM`` makes for the same image (tokens,
+    image hash, placeholder, pixel tensors), rows are captioned through them, an unreadable
+    image fails its row alone, and a render process that dies ends the replica (Ray restarts
+    it) instead of failing rows."""
     import os
     import signal
 
@@ -228,11 +232,18 @@ def test_render_processes_hand_the_engine_its_own_requests(tiny_model: Path,
     cfg = RunConfig(until=1, engine="vllm", accelerator_type="cpu", model=str(tiny_model),
                     model_revision=None, engine_kwargs={"enforce_eager": True}, max_tokens=8,
                     temperature=0)
+    if not ahead:
+        def no_config(llm_kwargs: dict) -> None:
+            raise ValueError("no config ahead")
+
+        monkeypatch.setattr("enrich.engines.vllm_replica.engine_config", no_config)
     replica = VLLMCaptioner(llm_kwargs=engine_kwargs(cfg), system_prompt=cfg.system_prompt,
                             prompt=cfg.prompt, params=sampling_params(cfg), render_threads=1,
                             render_processes=2, lookahead=8)
     try:
         assert isinstance(replica.renderer, ProcessRenderer)  # started: no fallback to threads
+        said = capfd.readouterr().err
+        assert ("engine config not made ahead (ValueError: no config ahead)" in said) is not ahead
         own = ThreadRenderer(replica.llm, render_prompt(replica.llm.get_tokenizer(),
                                                         cfg.system_prompt, cfg.prompt), 1)
         for seed in range(3):

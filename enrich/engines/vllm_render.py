@@ -1,13 +1,53 @@
 """vLLM's per-request input processing for a replica (decode the prepared JPEG, the HF image
 processor, the tokenizer), beside its engine: :class:`ProcessRenderer` in spawned processes (the
 GPU default: each has its own GIL), :class:`ThreadRenderer` in threads (the CPU backend, where
-the model is the bound). Both hand back what the engine's ``add_request`` takes."""
+the model is the bound). Both hand back what the engine's ``add_request`` takes. Also the prompt
+every row shares (:func:`render_prompt`, pure) and the engine config a replica's renderers are
+built from before its engine exists (:func:`engine_config`)."""
 
 from __future__ import annotations
 
 import io
 import os
+import pickle
+import time
 from typing import Any
+
+from enrich.errors import UsageError
+
+
+def chat(system_prompt: str, prompt: str) -> list[dict[str, Any]]:
+    """The conversation every row sends: the system prompt, then one image and the prompt."""
+    return [
+        {"role": "system", "content": system_prompt},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]},
+    ]
+
+
+IMAGE_PLACEHOLDER = "<|image_pad|>"
+
+
+def render_prompt(tokenizer: Any, system_prompt: str, prompt: str) -> str:
+    """The model's chat template applied once: the prompt text every row shares. vLLM expands
+    its one image placeholder into the image's tokens."""
+    text = tokenizer.apply_chat_template(chat(system_prompt, prompt), tokenize=False,
+                                         add_generation_prompt=True)
+    if text.count(IMAGE_PLACEHOLDER) != 1:
+        raise UsageError(f"the model's chat template did not place one image ({IMAGE_PLACEHOLDER}) "
+                         "in the prompt: --engine vllm supports Qwen2-VL-family models")
+    return str(text)
+
+
+def engine_config(llm_kwargs: dict[str, Any]) -> Any:
+    """The config ``vllm.LLM(**llm_kwargs)`` builds for its engine (the same arguments and usage
+    context, ``LLM``'s own default for the stats logging), made before the engine starts, so the
+    render processes build their renderer while it does. The tests check that requests rendered
+    from it equal the replica's own."""
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.usage.usage_lib import UsageContext
+
+    args = EngineArgs(**{"disable_log_stats": True, **llm_kwargs})
+    return args.create_engine_config(UsageContext.LLM_CLASS)
 
 
 class Unreadable(ValueError):
@@ -50,43 +90,59 @@ class ThreadRenderer:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-# The render processes' own state (one renderer per process, built on its first row).
+# The render processes' own state: vLLM's renderer, built when the process starts, from the
+# engine config the replica publishes (before its engine starts, as a rule), and the prompt text.
 _PROCESS: dict[str, Any] = {}
+CONFIG_POLL_S = 0.05
 
 
 def _render_process_init(config_file: str) -> None:
+    """Each render process: the slow imports, then, once the replica has published the engine's
+    config, vLLM's renderer and one throw-away image through it (the HF image processor loads
+    on its first image). On one H200 the first rows had waited ~15 s for this after the engine
+    was ready. Ends with the replica if the replica dies first."""
     import torch
 
     torch.set_num_threads(1)  # one process per core: no intra-op threads for small tensors
-    _PROCESS["config_file"] = config_file
     import vllm.renderers  # noqa: F401 - the slow imports, done while the engine starts
 
+    parent = os.getppid()
+    while not os.path.exists(config_file):
+        if os.getppid() != parent:  # the replica is gone
+            raise SystemExit(0)
+        time.sleep(CONFIG_POLL_S)
+    from PIL import Image
+    from vllm.renderers import renderer_from_config
 
-def _render_process_ready() -> bool:
-    return True
+    with open(config_file, "rb") as f:
+        config, system_prompt, prompt = pickle.load(f)
+    renderer = renderer_from_config(config)
+    _PROCESS.update(model_config=config.model_config, renderer=renderer,
+                    prompt=render_prompt(renderer.get_tokenizer(), system_prompt, prompt))
+    _render(Image.new("RGB", (224, 224)))
 
 
-def _render_in_process(jpeg: bytes) -> bytes:
-    """One row's processed request, pickled. What ``LLM._preprocess_cmpl_one`` does (vLLM
-    0.24–0.29: parse the prompt, ``render_cmpl`` with the default tokenization), on a renderer
-    built from the replica's own engine config, so the request is the one its engine would
-    have made (tests compare the captions)."""
-    import pickle
+def _render_process_ready() -> str:
+    """The prompt text this process renders rows with (the replica checks it against its own)."""
+    return str(_PROCESS["prompt"])
 
-    if "renderer" not in _PROCESS:
-        from vllm.renderers import renderer_from_config
 
-        with open(_PROCESS["config_file"], "rb") as f:
-            config, _PROCESS["prompt"] = pickle.load(f)
-        _PROCESS["model_config"] = config.model_config
-        _PROCESS["renderer"] = renderer_from_config(config)
+def _render(image: Any) -> Any:
+    """What ``LLM._preprocess_cmpl_one`` does for one prompt (vLLM 0.24–0.29: parse the prompt,
+    ``render_cmpl`` with the default tokenization), on this process's renderer."""
     from vllm.renderers.inputs.preprocess import parse_model_prompt
 
     renderer = _PROCESS["renderer"]
     prompt = parse_model_prompt(_PROCESS["model_config"], {
-        "prompt": _PROCESS["prompt"], "multi_modal_data": {"image": _decode(jpeg)}})
+        "prompt": _PROCESS["prompt"], "multi_modal_data": {"image": image}})
     (engine_input,) = renderer.render_cmpl([prompt], renderer.default_cmpl_tok_params)
-    return pickle.dumps(engine_input, protocol=pickle.HIGHEST_PROTOCOL)
+    return engine_input
+
+
+def _render_in_process(jpeg: bytes) -> bytes:
+    """One row's processed request, pickled: the request the replica's own engine would have
+    made from it (tests compare them)."""
+    return pickle.dumps(_render(_decode(jpeg)), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 class ProcessRenderer:
@@ -95,9 +151,9 @@ class ProcessRenderer:
     the replica's engine as ``LLM`` would hand its own. On one H200 a replica's input
     processing in threads ran ~1.2 threads' worth (PERFORMANCE.md).
 
-    The processes start before the engine is built (their imports overlap its start-up) and
-    read the engine's config and the prompt, written to ``config_file`` once the engine exists,
-    on their first row."""
+    The processes start before the engine is built and build their renderer as soon as the
+    replica publishes the engine's config and the prompt (``publish``), so both overlap the
+    engine's start-up; ``wait_ready`` then waits for them."""
 
     def __init__(self, processes: int, config_file: str) -> None:
         import multiprocessing
@@ -110,17 +166,26 @@ class ProcessRenderer:
         # one task per process: the pool starts a process for each while none is idle
         self.started = [self.pool.submit(_render_process_ready) for _ in range(processes)]
 
-    def publish(self, engine_config: Any, prompt: str, timeout_s: float) -> None:
-        """Hand the engine's config and the prompt to the processes (before the first row), and
-        wait until each process has started: raises if one could not."""
-        import pickle
-
+    def publish(self, engine_config: Any, system_prompt: str, prompt: str) -> None:
+        """Hand the engine's config and the prompt to the processes (atomically: a process
+        never reads half a file)."""
         tmp = f"{self.config_file}.part"
         with open(tmp, "wb") as f:
-            pickle.dump((engine_config, prompt), f)
+            pickle.dump((engine_config, system_prompt, prompt), f)
         os.replace(tmp, self.config_file)
+
+    @property
+    def published(self) -> bool:
+        return os.path.exists(self.config_file)
+
+    def wait_ready(self, prompt: str, timeout_s: float) -> None:
+        """Wait until each process has built its renderer: raises if one could not, or if one
+        renders another prompt text than the replica's engine (``prompt``)."""
         for fut in self.started:
-            fut.result(timeout=timeout_s)
+            theirs = fut.result(timeout=timeout_s)
+            if theirs != prompt:
+                raise RuntimeError("a render process made another prompt text than the engine's "
+                                   f"({theirs[:80]!r} vs {prompt[:80]!r})")
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -130,6 +195,4 @@ class ProcessRenderer:
 
     @staticmethod
     def load(result: bytes) -> Any:
-        import pickle
-
         return pickle.loads(result)

@@ -3,8 +3,8 @@ the renderers that run vLLM's input processing beside it (:class:`ProcessRendere
 processes, the GPU default; :class:`ThreadRenderer`: threads, for the CPU backend), and the
 :class:`EngineLoop` that keeps the engine full across the replica's batches.
 
-Pure parts: :func:`render_prompt`, :func:`caption_from_output`, :func:`caption_outputs`. The
-engine's settings and its Ray adapter are in ``vllm.py``.
+Pure parts: :func:`caption_from_output`, :func:`caption_outputs` (the prompt, :func:`render_prompt`,
+is in ``vllm_render.py``). The engine's settings and its Ray adapter are in ``vllm.py``.
 """
 
 from __future__ import annotations
@@ -21,33 +21,17 @@ from typing import Any
 import pyarrow as pa
 
 from enrich.engines.base import output_table
-from enrich.engines.vllm_render import ProcessRenderer, ThreadRenderer, Unreadable
-from enrich.errors import UsageError
+from enrich.engines.vllm_render import (  # noqa: F401 - chat and render_prompt: this engine's API
+    ProcessRenderer,
+    ThreadRenderer,
+    Unreadable,
+    chat,
+    engine_config,
+    render_prompt,
+)
 
 # How long a replica waits for its render processes to start (imports, vLLM's renderer).
 RENDER_START_S = 300.0
-
-
-def chat(system_prompt: str, prompt: str) -> list[dict[str, Any]]:
-    """The conversation every row sends: the system prompt, then one image and the prompt."""
-    return [
-        {"role": "system", "content": system_prompt},
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]},
-    ]
-
-
-IMAGE_PLACEHOLDER = "<|image_pad|>"
-
-
-def render_prompt(tokenizer: Any, system_prompt: str, prompt: str) -> str:
-    """The model's chat template applied once: the prompt text every row shares. vLLM expands
-    its one image placeholder into the image's tokens."""
-    text = tokenizer.apply_chat_template(chat(system_prompt, prompt), tokenize=False,
-                                         add_generation_prompt=True)
-    if text.count(IMAGE_PLACEHOLDER) != 1:
-        raise UsageError(f"the model's chat template did not place one image ({IMAGE_PLACEHOLDER}) "
-                         "in the prompt: --engine vllm supports Qwen2-VL-family models")
-    return str(text)
 
 
 @dataclass
@@ -238,10 +222,19 @@ class VLLMCaptioner:
         # the image processor's small tensors.
         torch.set_num_threads(1)
         procs = None
-        if render_processes > 0:  # started first: their imports overlap the engine's start-up
+        if render_processes > 0:
+            # Started first, and given the engine's config before the engine starts: their
+            # imports and their renderer's build overlap the engine's start-up.
             procs = ProcessRenderer(render_processes,
                                     os.path.join(tempfile.mkdtemp(prefix="enrich-render-"), "engine.pkl"))
         t_imported = time.time()
+        if procs is not None:
+            try:
+                procs.publish(engine_config(llm_kwargs), system_prompt, prompt)
+            except Exception as exc:  # noqa: BLE001 - published from the engine itself below
+                print(f"enrich: engine config not made ahead ({type(exc).__name__}: {exc}); the "
+                      "render processes get the engine's own once it has started",
+                      file=sys.stderr, flush=True)
         llm = LLM(**llm_kwargs)
         t_engine = time.time()
         sampling = SamplingParams(**params)
@@ -250,7 +243,9 @@ class VLLMCaptioner:
         renderer: ThreadRenderer | ProcessRenderer | None = None
         if procs is not None:
             try:
-                procs.publish(llm.llm_engine.vllm_config, text, timeout_s=RENDER_START_S)
+                if not procs.published:
+                    procs.publish(llm.llm_engine.vllm_config, system_prompt, prompt)
+                procs.wait_ready(text, timeout_s=RENDER_START_S)
                 renderer = procs
             except Exception as exc:  # noqa: BLE001 - slower, not wrong: the replica still runs
                 procs.close()
