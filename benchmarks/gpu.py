@@ -9,7 +9,9 @@ limit for this workload), enrich end to end, and the tutorial's pipeline.
 
 Needs vllm and ray on the host (no network there: a runtime built offline, and a model folder of
 the real architecture used with vLLM's `load_format="dummy"`: random weights, whose captions run
-to --max-tokens, 100 here).
+to --max-tokens, 100 here). A runtime copied without bytecode should be compiled once first
+(`python -m compileall -q -j 0 SITE_PACKAGES`): on a host that sets PYTHONDONTWRITEBYTECODE every
+process would otherwise compile vLLM's sources at every start (~10 s more to the first row).
 
 Inputs (`inputs`): N web-photo-like JPEGs (long side 300-1000 px), each rendered on its own so
 no two share pixels (vLLM caches processed images and prefixes by pixels: reused pictures would
