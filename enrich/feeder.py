@@ -107,7 +107,11 @@ class FetchChunks:
                 yield ENGINE_INPUT_SCHEMA.empty_table()
                 continue
             if isinstance(got, str):
-                raise RuntimeError(got)
+                # The source failed before this chunk: the stream ends here, as at the source's
+                # end, and the driver raises the reader's own error (Handoff.finish) once the
+                # rows before it are in. Raising here instead would end the run in Ray Data's
+                # traceback of this stage, and drop the rows already on their way.
+                return
             parts, rows = got[0]
             yield assemble(ray.get(parts), rows)
 

@@ -274,7 +274,7 @@ def _execute(cfg: RunConfig, table: CaptionsTable, plan: Plan, engine: Engine, r
             committer.maybe_commit()
             flow.committed = committer.committed
             reporter.update(counts)
-        handoff.finish()
+        handoff.finish()  # a source that failed mid-run: its error, once the rows before it are in
         committer.take_duplicates(handoff.take_duplicates())
         committer.maybe_commit(final=True)
         flow.committed = committer.committed

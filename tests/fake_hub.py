@@ -33,6 +33,7 @@ class Faults:
 
     rules: list[list] = field(default_factory=list)  # [kind, remaining, what]
     down: bool = False  # every request answers 503
+    gone: set[str] = field(default_factory=set)  # files still listed that answer 404 (deleted since)
     seen: list[str] = field(default_factory=list)
 
     def take(self, kind: str) -> str | int | None:
@@ -145,7 +146,7 @@ def _handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
                 return self._json(entries)
             if m := re.fullmatch(rf"/datasets/{repo}/resolve/[^/]+/(.+)", path):
                 file = hub.root / m.group(1)
-                if not file.is_file():
+                if not file.is_file() or m.group(1) in hub.faults.gone:
                     return self._send(404, b"{}", {"X-Error-Code": "EntryNotFound"})
                 reset = hub.faults.rules and any(r[0] == "file" and r[1] > 0 and r[2] == "reset"
                                                  for r in hub.faults.rules)

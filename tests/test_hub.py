@@ -66,6 +66,28 @@ def test_outage_mid_run_ends_in_one_line_then_resumes(shards: Path, tmp_path: Pa
     assert {i: v[:2] for i, v in got.items()} == {i: v[:2] for i, v in clean.items()}
 
 
+def test_a_shard_gone_after_the_listing_ends_the_run_in_one_line(shards: Path, tmp_path: Path,
+                                                                 ray_address: str, clean: dict) -> None:
+    """The last shard answers 404 (deleted after the listing) while the first chunk, read from
+    the others, is already in Ray: the run ends with the reader's own error (exit 2, naming the
+    shard), not with Ray's traceback of the stage that waited for it; the rerun is exact."""
+    with serve(shards, "org/name") as (url, hub):
+        hub.faults.gone = {"00004.tar"}
+        res = cli(*run_args(tmp_path, "org/name", 120, ray_address), env=hub_env(url))
+        assert res.returncode == 2, said(res.stderr)
+        last = res.stderr.strip().splitlines()[-1]
+        assert last.startswith("enrich: error: cannot read shard 00004.tar"), last
+        assert "Traceback" not in res.stderr and "RayTaskError" not in res.stderr, said(res.stderr)
+        if (tmp_path / "t" / "_delta_log").exists():  # what was committed stays
+            assert len(outcome(str(tmp_path / "t"))) < 120
+        hub.faults.gone = set()
+        res = cli(*run_args(tmp_path, "org/name", 120, ray_address), env=hub_env(url))
+        assert res.returncode == 0, said(res.stderr)
+    got = outcome(str(tmp_path / "t"))
+    assert sorted(got) == list(range(120))
+    assert {i: got[i][:2] for i in clean} == {i: v[:2] for i, v in clean.items()}
+
+
 def test_hub_down_is_exit_5_and_missing_dataset_exit_2(shards: Path, tmp_path: Path,
                                                        ray_address: str) -> None:
     with serve(shards, "org/name") as (url, hub):

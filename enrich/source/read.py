@@ -55,6 +55,9 @@ def iter_shard(shard: Shard, *, start: int = 0) -> Iterator[Sample]:
                              error=f"shard error: {shard.name}: {what} ({exc})")
             return
         except Exception as exc:
+            if isinstance(exc, OSError) and not read_transient(exc):
+                # a file gone since the listing, a folder in its place: one line naming it
+                raise unreadable(f"cannot read shard {shard.name}", exc) from exc
             if not read_transient(exc):
                 raise
             retries.wait(exc)
