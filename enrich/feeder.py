@@ -20,6 +20,28 @@ from enrich.reader import assemble
 # thousands of them.
 MAX_RANGE_BLOCKS = 256
 RELEASED = "released"  # feeder answer for a chunk the driver already has
+# Ray raises ActorUnavailableError for a call to an actor it cannot reach for a moment ("may be
+# available later"; seen once on a loaded 2-core machine: connection refused right after the
+# feeder started). Every feeder call is safe to repeat, so each is retried a few times.
+UNAVAILABLE_RETRIES = 5
+UNAVAILABLE_WAIT_S = 0.5
+
+
+def call_feeder(method: Any, *args: Any) -> Any:
+    """``ray.get(method.remote(*args))`` on the feeder, repeated while Ray says the actor is
+    temporarily unavailable."""
+    import time
+
+    import ray
+
+    for attempt in range(UNAVAILABLE_RETRIES):
+        try:
+            return ray.get(method.remote(*args))
+        except ray.exceptions.ActorUnavailableError:
+            if attempt == UNAVAILABLE_RETRIES - 1:
+                raise
+            time.sleep(UNAVAILABLE_WAIT_S * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def make_feeder_class() -> Any:
@@ -43,8 +65,11 @@ def make_feeder_class() -> Any:
             self.cond = asyncio.Condition()
 
         async def put(self, j: int, chunk: list[Any]) -> None:
-            """``chunk``: [refs of its image blocks, its rows (reader.CHUNK_SCHEMA)]."""
+            """``chunk``: [refs of its image blocks, its rows (reader.CHUNK_SCHEMA)]. A repeated
+            put of a chunk already handed out changes nothing."""
             async with self.cond:
+                if j in self.taken or j <= self.released:
+                    return
                 # Backpressure on the reader: everything between it and the committer is bounded,
                 # so memory stays flat however many rows a run covers.
                 await self.cond.wait_for(
@@ -97,7 +122,7 @@ class FetchChunks:
         import ray
 
         for j in batch["id"].tolist():
-            got: Any = ray.get(self.feeder.take.remote(int(j)))
+            got: Any = call_feeder(self.feeder.take, int(j))
             if got is None:
                 return  # the stream ended before this chunk: nothing more in this block
             if got == RELEASED:
@@ -147,7 +172,6 @@ class Handoff:
         self._thread.start()
 
     def _feed(self) -> None:
-        import ray
 
         j = 0
         try:
@@ -157,15 +181,15 @@ class Handoff:
                 with self._lock:
                     self._dups.append((item.kind, item.dups))
                     self._sent.append((j, rows.num_rows))
-                ray.get(self.feeder.put.remote(j, [item.parts, rows]))
+                call_feeder(self.feeder.put, j, [item.parts, rows])
                 self._flow.read += item.source_rows
                 j += 1
                 item = next(self._chunks, None)
             self._flow.exhausted = self._reader.exhausted
-            ray.get(self.feeder.finish.remote(j))
+            call_feeder(self.feeder.finish, j)
         except BaseException as exc:  # noqa: BLE001 - raised in the driver thread by finish()
             self._error.append(exc)
-            ray.get(self.feeder.finish.remote(j, f"source read failed: {type(exc).__name__}: {exc}"))
+            call_feeder(self.feeder.finish, j, f"source read failed: {type(exc).__name__}: {exc}")
 
     def received(self, rows: int) -> None:
         """``rows`` more rows came back from Ray: release the chunks that are now all back."""

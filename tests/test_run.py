@@ -234,3 +234,44 @@ def test_source_text_is_each_samples_txt(shards: Path, tmp_path: Path) -> None:
     got = {(r["source_shard"], r["source_key"]): r["source_text"] for r in rows if r["source_key"]}
     assert got == {k: want.get(k) for k in got}
     assert sum(v is not None for v in got.values()) > 60
+
+
+def test_feeder_calls_ride_out_a_moment_of_actor_unavailability(ray_address: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray says an actor is "temporarily unavailable" (seen once on a loaded machine, right after
+    the feeder started): the driver's calls to the feeder are repeated, and a repeated put of a
+    chunk the fetch stage already took changes nothing (it would hold a slot of the bounded
+    feeder for ever)."""
+    import ray
+
+    from enrich.feeder import RELEASED, call_feeder, make_feeder_class
+
+    monkeypatch.setattr("enrich.feeder.UNAVAILABLE_WAIT_S", 0.01)
+
+    class Flaky:
+        def __init__(self, fails: int) -> None:
+            self.fails, self.calls = fails, 0
+
+        def remote(self, *args: object) -> object:
+            self.calls += 1
+            if self.calls <= self.fails:
+                raise ray.exceptions.ActorUnavailableError("connection refused", None)
+            return ray.put(args)
+
+    method = Flaky(2)
+    assert call_feeder(method, 1, 2) == (1, 2) and method.calls == 3
+    with pytest.raises(ray.exceptions.ActorUnavailableError):
+        call_feeder(Flaky(99), 1)
+
+    feeder = make_feeder_class().remote(1)  # room for one chunk
+    try:
+        ray.get(feeder.put.remote(0, ["parts", "rows"]))
+        assert ray.get(feeder.take.remote(0)) == [["parts", "rows"]]
+        ray.get(feeder.put.remote(0, ["parts", "rows"]), timeout=10)  # repeated after the take
+        ray.get(feeder.release.remote(0))
+        ray.get(feeder.put.remote(0, ["parts", "rows"]), timeout=10)  # repeated after the release
+        ray.get(feeder.put.remote(1, ["parts", "rows"]), timeout=10)  # the slot is free
+        assert ray.get(feeder.take.remote(0)) == RELEASED
+        assert ray.get(feeder.take.remote(1)) == [["parts", "rows"]]
+    finally:
+        ray.kill(feeder)
