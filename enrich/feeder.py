@@ -20,28 +20,18 @@ from enrich.reader import assemble
 # thousands of them.
 MAX_RANGE_BLOCKS = 256
 RELEASED = "released"  # feeder answer for a chunk the driver already has
-# Ray raises ActorUnavailableError for a call to an actor it cannot reach for a moment ("may be
-# available later"; seen once on a loaded 2-core machine: connection refused right after the
-# feeder started). Every feeder call is safe to repeat, so each is retried a few times.
-UNAVAILABLE_RETRIES = 5
-UNAVAILABLE_WAIT_S = 0.5
 
 
 def call_feeder(method: Any, *args: Any) -> Any:
-    """``ray.get(method.remote(*args))`` on the feeder, repeated while Ray says the actor is
-    temporarily unavailable."""
-    import time
-
+    """``ray.get(method.remote(*args))`` on the feeder, under ``retry.ACTOR``: every feeder call
+    is safe to repeat, so one Ray says it cannot reach for a moment is tried again."""
     import ray
 
-    for attempt in range(UNAVAILABLE_RETRIES):
-        try:
-            return ray.get(method.remote(*args))
-        except ray.exceptions.ActorUnavailableError:
-            if attempt == UNAVAILABLE_RETRIES - 1:
-                raise
-            time.sleep(UNAVAILABLE_WAIT_S * (attempt + 1))
-    raise AssertionError("unreachable")
+    from enrich import retry
+
+    return retry.call(lambda: ray.get(method.remote(*args)), what="a call to the feeder actor",
+                      policy=retry.ACTOR, transient=retry.actor_transient,
+                      give_up=lambda exc, attempts: exc)
 
 
 def make_feeder_class() -> Any:
@@ -59,8 +49,7 @@ def make_feeder_class() -> Any:
             self.capacity = capacity  # chunks read but not yet received back by the driver
             self.chunks: dict[int, Any] = {}
             self.taken: dict[int, Any] = {}
-            self.end: int | None = None
-            self.failure: str | None = None
+            self.end: int | None = None  # chunks from here on never come (the source ended or failed)
             self.released = -1  # every chunk up to this one is in the driver's hands
             self.cond = asyncio.Condition()
 
@@ -77,9 +66,9 @@ def make_feeder_class() -> Any:
                 self.chunks[j] = chunk
                 self.cond.notify_all()
 
-        async def finish(self, end: int, failure: str | None = None) -> None:
+        async def finish(self, end: int) -> None:
             async with self.cond:
-                self.end, self.failure = end, failure
+                self.end = end
                 self.cond.notify_all()
 
         async def release(self, upto: int) -> None:
@@ -90,6 +79,7 @@ def make_feeder_class() -> Any:
                 self.cond.notify_all()
 
         async def take(self, j: int) -> list[Any] | str | None:
+            """[the chunk]; RELEASED; or None past the end of the stream."""
             async with self.cond:
                 if j <= self.released and j not in self.taken:
                     return RELEASED  # a retried fetch asking again for what the driver has
@@ -100,7 +90,7 @@ def make_feeder_class() -> Any:
                     self.cond.notify_all()
                 if j in self.taken:
                     return [self.taken[j]]
-                return self.failure  # None: past the end of the stream
+                return None
 
     return Feeder
 
@@ -124,19 +114,16 @@ class FetchChunks:
         for j in batch["id"].tolist():
             got: Any = call_feeder(self.feeder.take, int(j))
             if got is None:
-                return  # the stream ended before this chunk: nothing more in this block
+                # The stream ended before this chunk: the source's end, or a source that failed,
+                # whose error the driver raises itself (Handoff.finish) once the rows before it
+                # are in (raising here would end the run in Ray Data's traceback of this stage).
+                return
             if got == RELEASED:
                 # A retry of this block (its actor died) re-asks for chunks the driver already
                 # received: yield an empty block in their place, so the retried generator's
                 # outputs line up with the ones Ray already delivered.
                 yield ENGINE_INPUT_SCHEMA.empty_table()
                 continue
-            if isinstance(got, str):
-                # The source failed before this chunk: the stream ends here, as at the source's
-                # end, and the driver raises the reader's own error (Handoff.finish) once the
-                # rows before it are in. Raising here instead would end the run in Ray Data's
-                # traceback of this stage, and drop the rows already on their way.
-                return
             parts, rows = got[0]
             yield assemble(ray.get(parts), rows)
 
@@ -172,7 +159,6 @@ class Handoff:
         self._thread.start()
 
     def _feed(self) -> None:
-
         j = 0
         try:
             item = self._first
@@ -186,10 +172,12 @@ class Handoff:
                 j += 1
                 item = next(self._chunks, None)
             self._flow.exhausted = self._reader.exhausted
-            call_feeder(self.feeder.finish, j)
         except BaseException as exc:  # noqa: BLE001 - raised in the driver thread by finish()
             self._error.append(exc)
-            call_feeder(self.feeder.finish, j, f"source read failed: {type(exc).__name__}: {exc}")
+        try:
+            call_feeder(self.feeder.finish, j)  # the end of the stream, or the chunk that failed
+        except BaseException as exc:  # noqa: BLE001 - likewise
+            self._error.append(exc)
 
     def received(self, rows: int) -> None:
         """``rows`` more rows came back from Ray: release the chunks that are now all back."""

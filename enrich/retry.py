@@ -3,7 +3,8 @@ reads, downloads) and writing the table (commits and the look before them).
 
 - **What is transient is named here once**: :func:`read_transient` for sources (HTTP statuses, the
   hub client's transport errors, OSError), :func:`commit_transient` for the table (Delta commit
-  conflicts and storage errors), :func:`unreachable` for an object store that is not answering.
+  conflicts and storage errors), :func:`unreachable` for an object store that is not answering,
+  :func:`actor_transient` for enrich's own Ray actors.
 - **How long to wait**: exponential backoff with jitter, capped, honouring a server's
   ``Retry-After``; a bounded number of retries per :class:`Policy`.
 - **What is said**: one warning line when an operation's retries begin, none per retry.
@@ -38,6 +39,8 @@ class Policy:
 READ = Policy(retries=4, base_s=1.0)
 # Table commits: conflicts with a compaction, a passing storage error.
 COMMIT = Policy(retries=4, base_s=0.2)
+# Calls to enrich's own Ray actors that Ray could not deliver for a moment.
+ACTOR = Policy(retries=4, base_s=0.5)
 
 
 def backoff(policy: Policy, attempt: int, exc: BaseException | None = None) -> float:
@@ -169,3 +172,13 @@ def commit_transient(exc: BaseException) -> bool:
     if "permission" in text or "not permitted" in text or "read-only file system" in text:
         return False  # retrying cannot fix it: fail now, with the cause
     return isinstance(exc, OSError | DeltaError)
+
+
+# --------------------------------------------------------------------------------------------
+# enrich's own Ray actors. Ray raises ActorUnavailableError for an actor it cannot reach for a
+# moment ("may be available later"; seen once on a loaded 2-core machine: connection refused
+# right after the feeder actor started), the call may or may not have run: only calls that are
+# safe to repeat may be retried on it.
+# --------------------------------------------------------------------------------------------
+def actor_transient(exc: BaseException) -> bool:
+    return type(exc).__name__ == "ActorUnavailableError"

@@ -245,8 +245,9 @@ def test_feeder_calls_ride_out_a_moment_of_actor_unavailability(ray_address: str
     import ray
 
     from enrich.feeder import RELEASED, call_feeder, make_feeder_class
+    from enrich.retry import Policy
 
-    monkeypatch.setattr("enrich.feeder.UNAVAILABLE_WAIT_S", 0.01)
+    monkeypatch.setattr("enrich.retry.ACTOR", Policy(retries=4, base_s=0.01))
 
     class Flaky:
         def __init__(self, fails: int) -> None:
