@@ -24,7 +24,6 @@ Runs (`--runs`, comma-separated, in order, each in fresh processes):
                 processed there (see run_vllm_bench), a text-only ceiling.
   vllm-bench-chat the same with `--backend vllm-chat` (LLM.chat): the images are processed;
                 vLLM's own number for this shape of work.
-  imports       the seconds `import torch; from vllm import LLM` takes on the idle host.
   bare:K        K `vllm.LLM` engines sharing GPU 0, started together, each calling
                 `LLM.generate` once on its 1/K of the prepared images, with enrich's prompt
                 (the model's chat template rendered by enrich's engine code), enrich's engine
@@ -243,19 +242,10 @@ def run_vllm_bench(model: str, n: int, work: Path, chat: bool = False) -> dict[s
             "prompt_tokens_per_request": prompt_tokens,
             "gpus": 1, "engines_per_gpu": 1, "rows": int(r["num_requests"]),
             "captions_per_s_sustained": round(float(r["requests_per_second"]), 1),
-            "sustained_window": "vLLM's own elapsed time for all requests (LLM.generate)",
+            "sustained_window": f"vLLM's own elapsed time for all requests ({'LLM.chat' if chat else 'LLM.generate'})",
             "output_tokens_per_s": round(float(r["requests_per_second"]) * TOKENS),
             "gpu_util_pct": s.gpu_mean(1, g1 - gen_s, g1), "cpu_cores_busy": Sampler.mean(s.cpu, g1 - gen_s, g1),
             "wall_s": round(t1 - t0, 1), "command": " ".join(cmd[1:])}
-
-
-def run_imports() -> dict[str, Any]:
-    """What a replica's imports cost on this host when nothing else runs (an enrich replica
-    logs its own, taken while the read tasks prepare images on the other cores)."""
-    code = "import time; t = time.time(); import torch; from vllm import LLM, SamplingParams; print(time.time() - t)"
-    took = [float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                 check=True).stdout.split()[-1]) for _ in range(2)]
-    return {"kind": "imports", "import_torch_and_vllm_s": [round(t, 1) for t in took]}
 
 
 # ------------------------------------------------------------------------------------------
@@ -463,8 +453,8 @@ def run_enrich(gpus: int, k: int, model: str, dummy: bool, shards: Path, n: int,
 
 
 # vLLM's own start-up lines (weights, compile, CUDA graphs, engine init) and enrich's replica line
-STARTUP_MARKS = ("enrich: replica start-up", "enrich: replica first batch", "Loading weights took", "Model loading took",
-                 "torch.compile take", "Compiling a graph", "Directly load the compiled graph",
+STARTUP_MARKS = ("enrich: replica start-up", "enrich: replica first batch", "Loading weights took",
+                 "Model loading took", "torch.compile take", "Compiling a graph", "Directly load the compiled graph",
                  "Graph capturing finished", "init engine", "compile range", "encoder cudagraph",
                  "Available KV cache memory", "GPU KV cache size", "async_scheduling")
 
@@ -608,8 +598,6 @@ def main() -> None:
         try:
             if parts[0] in ("vllm-bench", "vllm-bench-chat"):
                 r = run_vllm_bench(args.model, args.bare_n, WORK, chat=parts[0] == "vllm-bench-chat")
-            elif parts[0] == "imports":
-                r = run_imports()
             elif parts[0] in ("bare", "split"):
                 r = run_bare(int(parts[1]), args.model, args.dummy_weights, prepared, WORK,
                              args.accelerator_type, extra, split=parts[0] == "split")

@@ -28,16 +28,13 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from enrich.engines.vllm_render import ProcessRenderer, ThreadRenderer, chat, render_prompt
 from enrich.engines.vllm_replica import (  # the replica; its names are part of this engine's API
     Caption,
     EngineLoop,
-    ProcessRenderer,
-    ThreadRenderer,
     VLLMCaptioner,
     caption_from_output,
     caption_outputs,
-    chat,
-    render_prompt,
 )
 from enrich.errors import NoAcceleratorError, UsageError
 

@@ -21,11 +21,10 @@ from typing import Any
 import pyarrow as pa
 
 from enrich.engines.base import output_table
-from enrich.engines.vllm_render import (  # noqa: F401 - chat and render_prompt: this engine's API
+from enrich.engines.vllm_render import (
     ProcessRenderer,
     ThreadRenderer,
     Unreadable,
-    chat,
     engine_config,
     render_prompt,
 )
@@ -207,6 +206,8 @@ class VLLMCaptioner:
     """One engine replica (a Ray actor): a ``vllm.LLM``, the prompt every row shares, and the
     loop that feeds it. Ray Data runs two batches on it at once (``BATCHES_IN_FLIGHT``)."""
 
+    first_batch = False  # True from start-up until the first batch is logged
+
     def __init__(self, *, llm_kwargs: dict[str, Any], system_prompt: str, prompt: str,
                  params: dict[str, Any], render_threads: int, render_processes: int,
                  lookahead: int) -> None:
@@ -283,7 +284,7 @@ class VLLMCaptioner:
 
             traceback.print_exc()
             os._exit(1)
-        if getattr(self, "first_batch", False):  # the last part of the time to the first row
+        if self.first_batch:  # the last part of the time to the first row
             self.first_batch = False
             print(f"enrich: replica first batch of {batch.num_rows} rows: taken "
                   f"{t_called - self.t_ready:.1f} s after ready, done {time.time() - self.t_ready:.1f} s "

@@ -55,10 +55,9 @@ def iter_shard(shard: Shard, *, start: int = 0) -> Iterator[Sample]:
                              error=f"shard error: {shard.name}: {what} ({exc})")
             return
         except Exception as exc:
-            if isinstance(exc, OSError) and not read_transient(exc):
-                # a file gone since the listing, a folder in its place: one line naming it
-                raise unreadable(f"cannot read shard {shard.name}", exc) from exc
             if not read_transient(exc):
+                if isinstance(exc, OSError):  # a file gone since the listing: one line naming it
+                    raise _unreadable(shard, exc) from exc
                 raise
             retries.wait(exc)
 
@@ -71,8 +70,11 @@ def download(shard: Shard) -> bytes:
         with shard.open() as fh:
             return fh.read()
 
-    return retried_read(f"downloading shard {shard.name}", once,
-                lambda exc: unreadable(f"cannot read shard {shard.name}", exc))
+    return retried_read(f"downloading shard {shard.name}", once, lambda exc: _unreadable(shard, exc))
+
+
+def _unreadable(shard: Shard, exc: BaseException) -> BaseException:
+    return unreadable(f"cannot read shard {shard.name}", exc)
 
 
 def _bytes_opener(data: bytes) -> Callable[[], IO[bytes]]:
