@@ -447,13 +447,14 @@ def run_enrich(gpus: int, k: int, model: str, dummy: bool, shards: Path, n: int,
         "first_committed_row_s": round(cum[0][0] - t0, 1), "wall_s": round(t_end - t0, 1),
         "gpu_util_pct": s.gpu_mean(gpus, ta, tb), "cpu_cores_busy": Sampler.mean(s.cpu, ta, tb),
         "commits": len(commits), "processes_mid_run": census,
-        "replica_startup": _replica_startup(startup, t0), "startup_log": startup[-40:],
+        "replica_startup": _replica_startup(startup, t0), "driver_milestones": _milestones(d / "ck", t0),
+        "startup_log": startup[-40:],
         "command": " ".join(cmd[1:])}
     return r
 
 
 # vLLM's own start-up lines (weights, compile, CUDA graphs, engine init) and enrich's replica line
-STARTUP_MARKS = ("enrich: replica start-up", "enrich: replica first batch", "Loading weights took",
+STARTUP_MARKS = ("enrich: replica start-up", "enrich: replica batch", "Loading weights took",
                  "Model loading took", "torch.compile take", "Compiling a graph", "Directly load the compiled graph",
                  "Graph capturing finished", "init engine", "compile range", "encoder cudagraph",
                  "Available KV cache memory", "GPU KV cache size", "async_scheduling")
@@ -497,13 +498,23 @@ def _replica_startup(lines: list[str], t0: float) -> list[dict[str, Any]]:
             out.setdefault(worker, {}).update({
                 "actor_start_s": round(ts - t0, 1), "imports_s": imp, "engine_s": eng,
                 "renderer_s": ren, "ready_s": round(tr - t0, 1)})
-        m = re.search(r"replica first batch of (\d+) rows: taken ([\d.]+) s after ready, "
-                      r"done ([\d.]+) s after ready", line)
-        if m and "first_batch_done_after_ready_s" not in out.get(worker, {}):
-            out.setdefault(worker, {}).update({
-                "first_batch_rows": int(m.group(1)), "first_batch_taken_after_ready_s": float(m.group(2)),
-                "first_batch_done_after_ready_s": float(m.group(3))})
+        m = re.search(r"replica batch (\d) of (\d+) rows \((\d+)\.\.(\d+)\): taken ([\d.]+) s after "
+                      r"ready, done ([\d.]+) s after ready", line)
+        if m:
+            out.setdefault(worker, {}).setdefault("batches", []).append({
+                "rows": f"{m.group(3)}..{m.group(4)}", "taken_after_ready_s": float(m.group(5)),
+                "done_after_ready_s": float(m.group(6))})
     return sorted(out.values(), key=lambda r: r.get("ready_s", 0))
+
+
+def _milestones(checkpoint_dir: Path, t0: float) -> dict[str, Any] | None:
+    """The driver's own split of the time to the first row, from the run's journal: seconds
+    after `enrich.run` began (``run_began_s`` after the command started: the interpreter's
+    imports, the plan)."""
+    for f in checkpoint_dir.glob("*/runs/*.json"):
+        j = json.loads(f.read_text())
+        return {"run_began_s": round(j["started_at"] - t0, 1), **(j.get("milestones") or {})}
+    return None
 
 
 def _committed_past(table: Path, rows: int) -> bool:

@@ -38,6 +38,7 @@ class Committer:
         self.last_commit = time.monotonic()
         self.commits = 0
         self.committed = 0
+        self.first_commit_at: float | None = None  # wall time of the first rows committed
         self.model = cfg.caption.model
         self.caption_config = cfg.caption.id
         self.version = enricher_version()
@@ -121,6 +122,8 @@ class Committer:
         self.table.append(pa.Table.from_pylist(rows, schema=CAPTIONS), app_id=self.plan.app_id,
                           expect_from=self.next_index, progress=progress, metadata=self._meta())
         self.next_index = last + 1
+        if self.first_commit_at is None:
+            self.first_commit_at = time.time()
         self.committed += len(rows)
         self.commits += 1
         self.last_commit = time.monotonic()

@@ -87,6 +87,7 @@ class Journal:
             "end_index": None if result is None else self.plan.progress.next_index + result.committed_rows,
             "commits": None if result is None else result.commits,
             "engine_starts": self.engine_starts(),
+            "milestones": None if result is None else result.milestones,
         }
         write_json_atomic(self.path, data)
 

@@ -22,7 +22,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -55,6 +55,9 @@ class RunResult:
     engine_starts: int | None
     outcome: str
     plan: Plan
+    # seconds after the start when the first engine rows reached the driver and when the first
+    # of them were committed: the time to the first row, split where enrich can act on it
+    milestones: dict[str, Any] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,6 +196,7 @@ def run(cfg: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
         reporter.running(flow)  # the live line from here on, whatever Ray takes to start
         reporter.update(counts, phase="starting Ray")
         _init_ray(cfg)
+        ray_started_s = round(time.time() - started, 1)
         engine.check_cluster()  # no GPU for the model: fail now, before anything is written
         plan = _follow(make_plan(cfg, table), shards, table)  # again under the lock: another
         # run may have moved it
@@ -221,6 +225,7 @@ def run(cfg: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
         try:
             result = _execute(cfg, table, plan, engine, reader, first, chunks, run_id, counts,
                               reporter, flow, journal, started)
+            result.milestones["ray_started_s"] = ray_started_s
         except KeyboardInterrupt:
             journal.write("interrupted", counts)
             raise
@@ -249,6 +254,7 @@ def _execute(cfg: RunConfig, table: CaptionsTable, plan: Plan, engine: Engine, r
                       chunks_in_flight(cfg, reader.parallel, engine.batches_in_flight, reader.chunk_rows),
                       first, chunks, reader, flow)
     committer = Committer(cfg, table, plan, reader, run_id, counts)
+    milestones: dict[str, Any] = {}
     retry_indices = set(reader.retry_rows.column("source_index").to_pylist())
 
     # The chunk numbers, as blocks made here rather than by read tasks: `ray.data.range` runs
@@ -268,6 +274,10 @@ def _execute(cfg: RunConfig, table: CaptionsTable, plan: Plan, engine: Engine, r
         batch: pa.Table
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None,  # type: ignore[assignment]
                                      prefetch_batches=2):
+            if "first_rows_back_s" not in milestones and batch.num_rows:
+                index = batch.column("source_index")
+                milestones["first_rows_back_s"] = round(time.time() - started, 1)
+                milestones["first_rows_back"] = f"{index[0]}..{index[-1]}"
             committer.take_duplicates(handoff.take_duplicates())
             committer.accept(batch, retry_indices)
             handoff.received(batch.num_rows)
@@ -282,5 +292,7 @@ def _execute(cfg: RunConfig, table: CaptionsTable, plan: Plan, engine: Engine, r
         handoff.close()
     reporter.update(counts, phase="done")
     starts = journal.engine_starts()
+    if committer.first_commit_at is not None:
+        milestones["first_commit_s"] = round(committer.first_commit_at - started, 1)
     return RunResult(run_id, counts, committer.committed, committer.commits,
-                     time.time() - started, starts, "completed", plan)
+                     time.time() - started, starts, "completed", plan, milestones)

@@ -100,4 +100,11 @@ def test_cli_run_then_rerun_says_nothing_to_do(tmp_path: Path, ray_address: str)
     second = cli(*args, cwd=tmp_path)
     assert second.returncode == 0 and "nothing to do" in second.stderr
     journals = list((tmp_path / "checkpoints").rglob("runs/*.json"))
-    assert len(journals) == 1 and json.loads(journals[0].read_text())["outcome"] == "completed"
+    assert len(journals) == 1
+    journal = json.loads(journals[0].read_text())
+    assert journal["outcome"] == "completed"
+    # the time to the first row, split: Ray up, the first engine rows back (from row 0, in
+    # source order), their commit
+    m = journal["milestones"]
+    assert m["first_rows_back"].startswith("0..")
+    assert 0 < m["ray_started_s"] <= m["first_rows_back_s"] <= m["first_commit_s"] <= round(journal["seconds"], 1)

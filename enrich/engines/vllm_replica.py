@@ -206,7 +206,7 @@ class VLLMCaptioner:
     """One engine replica (a Ray actor): a ``vllm.LLM``, the prompt every row shares, and the
     loop that feeds it. Ray Data runs two batches on it at once (``BATCHES_IN_FLIGHT``)."""
 
-    first_batch = False  # True from start-up until the first batch is logged
+    logged_batches = 2  # the first batches' timings are logged (none for a replica made in tests)
 
     def __init__(self, *, llm_kwargs: dict[str, Any], system_prompt: str, prompt: str,
                  params: dict[str, Any], render_threads: int, render_processes: int,
@@ -259,7 +259,7 @@ class VLLMCaptioner:
         # One line in the replica's log (Ray's worker logs) that splits its start-up; the GPU
         # benchmark reads it to break down the time to the first committed row.
         t_ready = self.t_ready = time.time()
-        self.first_batch = True
+        self.logged_batches = 0
         print(f"enrich: replica start-up {t_ready - t_start:.1f} s: imports {t_imported - t_start:.1f} s, "
               f"engine {t_engine - t_imported:.1f} s, renderer {t_ready - t_engine:.1f} s more "
               f"[t_start={t_start:.3f} t_ready={t_ready:.3f}]", file=sys.stderr, flush=True)
@@ -284,9 +284,10 @@ class VLLMCaptioner:
 
             traceback.print_exc()
             os._exit(1)
-        if self.first_batch:  # the last part of the time to the first row
-            self.first_batch = False
-            print(f"enrich: replica first batch of {batch.num_rows} rows: taken "
-                  f"{t_called - self.t_ready:.1f} s after ready, done {time.time() - self.t_ready:.1f} s "
-                  "after ready", file=sys.stderr, flush=True)
+        if self.logged_batches < 2:  # the last part of the time to the first row
+            self.logged_batches += 1
+            index = batch.column("source_index")
+            print(f"enrich: replica batch {self.logged_batches} of {batch.num_rows} rows "
+                  f"({index[0]}..{index[-1]}): taken {t_called - self.t_ready:.1f} s after ready, "
+                  f"done {time.time() - self.t_ready:.1f} s after ready", file=sys.stderr, flush=True)
         return caption_outputs(batch, results)
