@@ -29,14 +29,19 @@ log = logging.getLogger(__name__)
 # costs were 0.39 ms of driver CPU per row, at 512 0.12 ms (benchmarks/driver.py, PERFORMANCE.md).
 CHUNK_ROWS = 512
 # A short run takes smaller chunks, so that its rows reach the engine and the table in several
-# steps rather than one or two at the end (a 1,000-row run: 96-row chunks, not 512).
+# steps rather than one or two at the end (a 1,000-row run: 64-row chunks, not 512).
 MIN_CHUNK_ROWS = 64
 CHUNKS_PER_SHORT_RUN = 8
 
 
 def chunk_rows_for(rows: int) -> int:
-    """Source rows per chunk for a run of ``rows`` rows (a multiple of 32)."""
-    return max(MIN_CHUNK_ROWS, min(CHUNK_ROWS, rows // CHUNKS_PER_SHORT_RUN // 32 * 32))
+    """Source rows per chunk for a run of ``rows`` rows: a power of two from 64 to 512, so that
+    whole chunks make whole engine batches (64 or 512 rows). Ray Data hands an engine replica
+    chunks until they reach its batch size: 352-row chunks made 704-row calls, a 512-row batch
+    and a 192-row one, and the first rows came back only after the second (the first row ~6 s
+    later on an H200, PERFORMANCE.md)."""
+    want = max(MIN_CHUNK_ROWS, rows // CHUNKS_PER_SHORT_RUN)
+    return min(CHUNK_ROWS, 1 << (want.bit_length() - 1))
 IMAGE_FILES_PER_TASK = CHUNK_ROWS  # an image folder is one row per file: read many files per task
 # Before a shard has been read its size is unknown: a run this short reads one at a time, so
 # that `--until 100` on a hub dataset downloads one shard, not one per core.

@@ -208,10 +208,12 @@ def test_short_runs_take_smaller_chunks_so_commits_flow() -> None:
     several chunks (at least 8 where a chunk keeps 64+ rows), a long one into CHUNK_ROWS."""
     from enrich.reader import CHUNK_ROWS, chunk_rows_for
 
-    assert chunk_rows_for(1000) == 96 and 1000 / chunk_rows_for(1000) >= 8
+    assert chunk_rows_for(1000) == 64 and 1000 / chunk_rows_for(1000) >= 8
+    assert chunk_rows_for(3000) == 256  # two chunks: one 512-row engine batch
     assert chunk_rows_for(256) == 64 and chunk_rows_for(10) == 64
     assert chunk_rows_for(10**6) == CHUNK_ROWS == 512
-    assert all(chunk_rows_for(n) % 32 == 0 for n in range(0, 10_000, 37))
+    # whole chunks make whole engine batches (512 rows on a GPU, 64 elsewhere)
+    assert all(512 % chunk_rows_for(n) == 0 for n in range(0, 10_000, 37))
 
 
 def test_source_text_is_each_samples_txt(shards: Path, tmp_path: Path) -> None:
