@@ -72,6 +72,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # the vision encoder compiled and captured in CUDA graphs (off by default in vLLM 0.24)
     "enc": {"compilation_config": {"compile_mm_encoder": True, "cudagraph_mm_encoder": True}},
     "seqs512": {"max_num_seqs": 512},
+    # enrich runs only: vLLM's engine core in a process of its own, as before enrich ran it in
+    # the replica's (an environment variable for the run, not an engine argument)
+    "mp": {"_env": {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}},
 }
 
 
@@ -389,6 +392,8 @@ def run_enrich(gpus: int, k: int, model: str, dummy: bool, shards: Path, n: int,
                render_processes: int | None = None) -> dict[str, Any]:
     from deltalake import DeltaTable
 
+    extra = dict(extra)
+    env = {**os.environ, **extra.pop("_env", {})}
     d = work / f"enrich-{gpus}x{k}"
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
@@ -404,7 +409,8 @@ def run_enrich(gpus: int, k: int, model: str, dummy: bool, shards: Path, n: int,
         t0 = time.time()
         # cwd: not the repo root, where `enrich` would be imported from the source folder
         # rather than the install (which maps enrich.schemas)
-        proc = subprocess.Popen(cmd, stdout=open(d / "log", "w"), stderr=subprocess.STDOUT, cwd=d)
+        proc = subprocess.Popen(cmd, stdout=open(d / "log", "w"), stderr=subprocess.STDOUT, cwd=d,
+                                env=env)
         census: dict[str, int] = {}
         while proc.poll() is None and not _committed_past(table, n // 3):
             time.sleep(2)
@@ -447,6 +453,7 @@ def run_enrich(gpus: int, k: int, model: str, dummy: bool, shards: Path, n: int,
         "first_committed_row_s": round(cum[0][0] - t0, 1), "wall_s": round(t_end - t0, 1),
         "gpu_util_pct": s.gpu_mean(gpus, ta, tb), "cpu_cores_busy": Sampler.mean(s.cpu, ta, tb),
         "commits": len(commits), "processes_mid_run": census,
+        "engine_core": "own process" if env.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "1" else "in the replica",
         "replica_startup": _replica_startup(startup, t0), "driver_milestones": _milestones(d / "ck", t0),
         "startup_log": startup[-40:],
         "command": " ".join(cmd[1:])}

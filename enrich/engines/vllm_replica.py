@@ -210,10 +210,18 @@ class VLLMCaptioner:
 
     def __init__(self, *, llm_kwargs: dict[str, Any], system_prompt: str, prompt: str,
                  params: dict[str, Any], render_threads: int, render_processes: int,
-                 lookahead: int) -> None:
+                 lookahead: int, engine_in_process: bool = False) -> None:
         import tempfile
 
         t_start = time.time()
+        if engine_in_process:
+            # vLLM runs its engine core in a process of its own unless told otherwise; in a Ray
+            # actor it must spawn it, and the new process imports torch and vLLM again before
+            # the engine starts (about 11 s on a 2-core VM, more on a GPU host: PERFORMANCE.md).
+            # In this process the loop thread steps the engine core directly and it starts
+            # that much sooner. Set before vLLM is imported; VLLM_ENABLE_V1_MULTIPROCESSING=1 in
+            # the environment keeps vLLM's own process.
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
         import torch
         from vllm import LLM, SamplingParams
