@@ -210,6 +210,7 @@ def run(cfg: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
 
         reader = Reader(shards, plan.progress, cfg.until, skip, plan.retry_rows,
                         read_cpus=engine.read_cpus(), image_size=cfg.image_size,
+                        batch_rows=cfg.engine_batch_size,
                         parallel=int(ray.cluster_resources().get("CPU", 2)),  # the cluster's CPUs
                         # Only remote sources need the driver's settings; forwarding them costs a
                         # worker pool of their own (a runtime_env), i.e. seconds of start-up.

@@ -34,14 +34,19 @@ MIN_CHUNK_ROWS = 64
 CHUNKS_PER_SHORT_RUN = 8
 
 
-def chunk_rows_for(rows: int) -> int:
-    """Source rows per chunk for a run of ``rows`` rows: a power of two from 64 to 512, so that
-    whole chunks make whole engine batches (64 or 512 rows). Ray Data hands an engine replica
+def chunk_rows_for(rows: int, batch_rows: int = CHUNK_ROWS) -> int:
+    """Source rows per chunk for a run of ``rows`` rows whose engine takes ``batch_rows`` per call:
+    about 1/8 of the run, from 64 to 512 rows, and a multiple or a divisor of ``batch_rows`` where
+    one fits, so that whole chunks make whole engine batches. Ray Data hands an engine replica
     chunks until they reach its batch size: 352-row chunks made 704-row calls, a 512-row batch
-    and a 192-row one, and the first rows came back only after the second (the first row ~6 s
-    later on an H200, PERFORMANCE.md)."""
-    want = max(MIN_CHUNK_ROWS, rows // CHUNKS_PER_SHORT_RUN)
-    return min(CHUNK_ROWS, 1 << (want.bit_length() - 1))
+    and a 192-row one, and the first rows came back only after the second (PERFORMANCE.md)."""
+    want = min(CHUNK_ROWS, max(MIN_CHUNK_ROWS, rows // CHUNKS_PER_SHORT_RUN))
+    if want >= batch_rows:
+        return want // batch_rows * batch_rows
+    divisor = next((d for d in range(want, MIN_CHUNK_ROWS - 1, -1) if batch_rows % d == 0), None)
+    return divisor or want  # a batch size with no divisor from 64 up: chunks as they come
+
+
 IMAGE_FILES_PER_TASK = CHUNK_ROWS  # an image folder is one row per file: read many files per task
 # Before a shard has been read its size is unknown: a run this short reads one at a time, so
 # that `--until 100` on a hub dataset downloads one shard, not one per core.
@@ -127,8 +132,8 @@ class Reader:
     read tasks, and yields :class:`Chunk` s in order."""
 
     def __init__(self, shards: list[Shard], start: Progress, until: int, skip: SkipIndex,
-                 retry_rows: pa.Table, *, image_size: int, read_cpus: float = 1.0,
-                 parallel: int = 2, env: dict[str, str] | None = None) -> None:
+                 retry_rows: pa.Table, *, image_size: int, batch_rows: int = CHUNK_ROWS,
+                 read_cpus: float = 1.0, parallel: int = 2, env: dict[str, str] | None = None) -> None:
         self.shards = shards
         self.image_size = image_size
         self.start = start
@@ -137,7 +142,8 @@ class Reader:
         self.retry_rows = retry_rows
         self.parallel = max(1, parallel)
         self.meta: dict[int, RowMeta] = {}
-        self.chunk_rows = chunk_rows_for(max(0, until - start.next_index) + retry_rows.num_rows)
+        self.chunk_rows = chunk_rows_for(max(0, until - start.next_index) + retry_rows.num_rows,
+                                         batch_rows)
         self.exhausted = False
         self.rows_read = 0
         self.jobs_read = 0

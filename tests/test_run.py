@@ -214,6 +214,10 @@ def test_short_runs_take_smaller_chunks_so_commits_flow() -> None:
     assert chunk_rows_for(10**6) == CHUNK_ROWS == 512
     # whole chunks make whole engine batches (512 rows on a GPU, 64 elsewhere)
     assert all(512 % chunk_rows_for(n) == 0 for n in range(0, 10_000, 37))
+    assert all(chunk_rows_for(n, 64) % 64 == 0 for n in range(0, 10_000, 37))
+    # any --batch-size: a multiple of it, or a divisor from 64 up where it has one
+    assert chunk_rows_for(3000, 100) == 300 and chunk_rows_for(1000, 200) == 100
+    assert chunk_rows_for(1000, 509) == 125  # a prime: no divisor fits, the chunk as it comes
 
 
 def test_source_text_is_each_samples_txt(shards: Path, tmp_path: Path) -> None:
