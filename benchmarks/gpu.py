@@ -72,21 +72,27 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # the vision encoder compiled and captured in CUDA graphs (off by default in vLLM 0.24)
     "enc": {"compilation_config": {"compile_mm_encoder": True, "cudagraph_mm_encoder": True}},
     "seqs512": {"max_num_seqs": 512},
-    # enrich runs only: vLLM's engine core in a process of its own, as before enrich ran it in
-    # the replica's (an environment variable for the run, not an engine argument)
-    "mp": {"_env": {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}},
 }
+# Environment a run can add (enrich runs only): vLLM's engine core in a process of its own, as
+# before enrich ran it in the replica's.
+ENV_VARIANTS: dict[str, dict[str, str]] = {"mp": {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}}
 
 
-def variant(spec: str) -> tuple[str, dict[str, Any]]:
-    """``enrich:1:2+enc+seqs512`` → (``enrich:1:2``, the engine arguments the variants add)."""
+def variant(spec: str) -> tuple[str, dict[str, Any], dict[str, str]]:
+    """``enrich:1:2+enc+mp`` → (``enrich:1:2``, the engine arguments and the environment the
+    variants add)."""
     base, *names = spec.split("+")
     extra: dict[str, Any] = {}
+    env: dict[str, str] = {}
     for name in names:
-        if name not in VARIANTS:
-            raise SystemExit(f"unknown variant {name!r} (known: {', '.join(VARIANTS)})")
-        extra.update(VARIANTS[name])
-    return base, extra
+        if name in VARIANTS:
+            extra.update(VARIANTS[name])
+        elif name in ENV_VARIANTS and base.startswith("enrich:"):
+            env.update(ENV_VARIANTS[name])
+        else:
+            raise SystemExit(f"unknown variant {name!r} for {base} (engine: {', '.join(VARIANTS)}; "
+                             f"enrich runs also: {', '.join(ENV_VARIANTS)})")
+    return base, extra, env
 
 
 # ------------------------------------------------------------------------------------------
@@ -388,12 +394,11 @@ def _census() -> dict[str, int]:
 
 
 def run_enrich(gpus: int, k: int, model: str, dummy: bool, shards: Path, n: int, work: Path,
-               accelerator: str, profile: bool, extra: dict[str, Any],
+               accelerator: str, profile: bool, extra: dict[str, Any], env_added: dict[str, str],
                render_processes: int | None = None) -> dict[str, Any]:
     from deltalake import DeltaTable
 
-    extra = dict(extra)
-    env = {**os.environ, **extra.pop("_env", {})}
+    env = {**os.environ, **env_added}
     d = work / f"enrich-{gpus}x{k}"
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
@@ -453,8 +458,8 @@ def run_enrich(gpus: int, k: int, model: str, dummy: bool, shards: Path, n: int,
         "first_committed_row_s": round(cum[0][0] - t0, 1), "wall_s": round(t_end - t0, 1),
         "gpu_util_pct": s.gpu_mean(gpus, ta, tb), "cpu_cores_busy": Sampler.mean(s.cpu, ta, tb),
         "commits": len(commits), "processes_mid_run": census,
-        "engine_core": "own process" if env.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "1" else "in the replica",
-        "replica_startup": _replica_startup(startup, t0), "driver_milestones": _milestones(d / "ck", t0),
+        "env_added": env_added,
+        "replica_startup": _replica_startup(startup, t0), "driver_milestones": _milestones(d / "ck", table, t0),
         "startup_log": startup[-40:],
         "command": " ".join(cmd[1:])}
     return r
@@ -514,14 +519,16 @@ def _replica_startup(lines: list[str], t0: float) -> list[dict[str, Any]]:
     return sorted(out.values(), key=lambda r: r.get("ready_s", 0))
 
 
-def _milestones(checkpoint_dir: Path, t0: float) -> dict[str, Any] | None:
+def _milestones(checkpoint_dir: Path, table: Path, t0: float) -> dict[str, Any] | None:
     """The driver's own split of the time to the first row, from the run's journal: seconds
     after `enrich.run` began (``run_began_s`` after the command started: the interpreter's
     imports, the plan)."""
-    for f in checkpoint_dir.glob("*/runs/*.json"):
-        j = json.loads(f.read_text())
-        return {"run_began_s": round(j["started_at"] - t0, 1), **(j.get("milestones") or {})}
-    return None
+    from enrich.journal import read_journals
+
+    runs = read_journals(str(checkpoint_dir), str(table))
+    if not runs:
+        return None
+    return {"run_began_s": round(runs[-1]["started_at"] - t0, 1), **(runs[-1].get("milestones") or {})}
 
 
 def _committed_past(table: Path, rows: int) -> bool:
@@ -611,7 +618,7 @@ def main() -> None:
         variant(spec)
     for spec in specs:
         t = time.time()
-        base, extra = variant(spec)
+        base, extra, env_added = variant(spec)
         parts = base.split(":")
         try:
             if parts[0] in ("vllm-bench", "vllm-bench-chat"):
@@ -621,7 +628,7 @@ def main() -> None:
                              args.accelerator_type, extra, split=parts[0] == "split")
             elif parts[0] == "enrich":
                 r = run_enrich(int(parts[1]), int(parts[2]), args.model, args.dummy_weights, shards,
-                               args.n, WORK, args.accelerator_type, args.profile, extra,
+                               args.n, WORK, args.accelerator_type, args.profile, extra, env_added,
                                int(parts[3]) if len(parts) > 3 else None)
             elif parts[0] == "tutorial":
                 r = run_tutorial(args.model, args.dummy_weights, shards, args.tutorial_n, WORK,

@@ -31,6 +31,8 @@ from enrich.engines.vllm_render import (
 
 # How long a replica waits for its render processes to start (imports, vLLM's renderer).
 RENDER_START_S = 300.0
+# A replica logs the timing of its first batches: the last part of the time to the first row.
+LOGGED_BATCHES = 2
 
 
 @dataclass
@@ -206,7 +208,7 @@ class VLLMCaptioner:
     """One engine replica (a Ray actor): a ``vllm.LLM``, the prompt every row shares, and the
     loop that feeds it. Ray Data runs two batches on it at once (``BATCHES_IN_FLIGHT``)."""
 
-    logged_batches = 2  # the first batches' timings are logged (none for a replica made in tests)
+    logged_batches = LOGGED_BATCHES  # none logged by a replica made in tests without __init__
 
     def __init__(self, *, llm_kwargs: dict[str, Any], system_prompt: str, prompt: str,
                  params: dict[str, Any], render_threads: int, render_processes: int,
@@ -217,7 +219,7 @@ class VLLMCaptioner:
         if engine_in_process:
             # vLLM runs its engine core in a process of its own unless told otherwise; in a Ray
             # actor it must spawn it, and the new process imports torch and vLLM again before
-            # the engine starts (about 11 s on a 2-core VM, more on a GPU host: PERFORMANCE.md).
+            # the engine starts (~11 s on a 2-core VM's CPU build, ~16 s on an H200 host: PERFORMANCE.md).
             # In this process the loop thread steps the engine core directly and it starts
             # that much sooner. Set before vLLM is imported; VLLM_ENABLE_V1_MULTIPROCESSING=1 in
             # the environment keeps vLLM's own process.
@@ -292,7 +294,7 @@ class VLLMCaptioner:
 
             traceback.print_exc()
             os._exit(1)
-        if self.logged_batches < 2:  # the last part of the time to the first row
+        if self.logged_batches < LOGGED_BATCHES:
             self.logged_batches += 1
             index = batch.column("source_index")
             print(f"enrich: replica batch {self.logged_batches} of {batch.num_rows} rows "
