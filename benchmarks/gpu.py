@@ -40,7 +40,8 @@ Runs (`--runs`, comma-separated, in order, each in fresh processes):
   tutorial      the tutorial's pipeline re-created on Ray 2.60 (tutorial_gpu.py), --tutorial-n
                 rows; its rate is first to last output row.
 Any run may end in `+VARIANT` (several: `+a+b`): engine arguments added to enrich's, from
-VARIANTS below (for enrich runs through --engine-kwargs).
+VARIANTS below (for enrich runs through --engine-kwargs); enrich runs also take ENV_VARIANTS
+(`+mp`: vLLM's engine core in a process of its own).
 Per run: GPU utilisation (nvidia-smi, mean over the GPUs used while generating) and CPU cores
 busy (/proc/stat) over the same window. `--profile` also takes py-spy samples of an enrich
 engine replica and its vLLM engine-core process in the middle of the run (py-spy must be
