@@ -12,6 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from enrich import retry
 from enrich.prepare import ENGINE_INPUT_SCHEMA
 from enrich.reader import assemble
 
@@ -26,8 +27,6 @@ def call_feeder(method: Any, *args: Any) -> Any:
     """``ray.get(method.remote(*args))`` on the feeder, under ``retry.ACTOR``: every feeder call
     is safe to repeat, so one Ray says it cannot reach for a moment is tried again."""
     import ray
-
-    from enrich import retry
 
     return retry.call(lambda: ray.get(method.remote(*args)), what="a call to the feeder actor",
                       policy=retry.ACTOR, transient=retry.actor_transient,

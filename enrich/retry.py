@@ -181,4 +181,6 @@ def commit_transient(exc: BaseException) -> bool:
 # safe to repeat may be retried on it.
 # --------------------------------------------------------------------------------------------
 def actor_transient(exc: BaseException) -> bool:
-    return type(exc).__name__ == "ActorUnavailableError"
+    from ray.exceptions import ActorUnavailableError
+
+    return isinstance(exc, ActorUnavailableError)
