@@ -19,17 +19,20 @@ skip vision work), in 500-row tar shards; and the first BARE_N of them prepared 
 prepare step (225x225 JPEG), for the bare runs.
 
 Runs (`--runs`, comma-separated, in order, each in fresh processes):
-  vllm-bench    `vllm bench throughput` on random 224x224 images, 50 prompt + 100 output tokens,
-                max_num_seqs 256, one engine, its default offline backend: no image is
-                processed there (see run_vllm_bench), a text-only ceiling.
-  vllm-bench-chat the same with `--backend vllm-chat` (LLM.chat): the images are processed;
-                vLLM's own number for this shape of work.
+  vllm-bench    `vllm bench throughput` on random 224x224 images (random-mm, with a dataset path
+                so that vLLM 0.24 does not fall back to its text-only `random` dataset), 50
+                prompt + 100 output tokens, one engine, vLLM's own defaults unless a `+seqs*`
+                variant sets the batch; its default offline backend reads no image (its prompt
+                tokens per request show it): never an anchor (``anchor: false``).
+  vllm-bench-chat the same with `--backend vllm-chat` (LLM.chat): the images are processed
+                (checked by the prompt tokens per request); vLLM's own number for this work.
   bare:K        K `vllm.LLM` engines sharing GPU 0, started together, each calling
                 `LLM.generate` once on its 1/K of the prepared images, with enrich's prompt
                 (the model's chat template rendered by enrich's engine code), enrich's engine
                 arguments, images decoded to PIL before the clock starts, ignore_eos.
   split:K       as bare:K, but each engine first runs vLLM's input processing on all its images
-                (timed: render ms per image, one thread), then adds the processed requests and
+                (timed on the first 300, one thread; the rest in enrich's render processes),
+                then adds the processed requests and
                 steps the engine to the end (timed: the engine alone, input processing already
                 paid): the ceiling of an engine whose inputs are processed elsewhere.
   enrich:G:K[:P] `python -m enrich --engine vllm --concurrency G --replicas-per-gpu K
@@ -72,7 +75,13 @@ WORK = Path(os.environ.get("ENRICH_BENCH_WORK", "/tmp/enrich-gpu-bench"))
 VARIANTS: dict[str, dict[str, Any]] = {
     # the vision encoder compiled and captured in CUDA graphs (off by default in vLLM 0.24)
     "enc": {"compilation_config": {"compile_mm_encoder": True, "cudagraph_mm_encoder": True}},
-    "seqs512": {"max_num_seqs": 512},
+    # the encoder eager, as vLLM 0.24 runs it by default (enrich turns its graphs on, above)
+    "noenc": {"compilation_config": {}},
+    # larger engine batches: sequences and the tokens one step may batch, as vLLM's own defaults
+    # pair them (vllm 0.24 arg_utils: 1024 / 16384 for its offline LLM class on >= 70 GB GPUs)
+    "seqs512": {"max_num_seqs": 512, "max_num_batched_tokens": 8192},
+    "seqs1024": {"max_num_seqs": 1024, "max_num_batched_tokens": 16384},
+    "seqs2048": {"max_num_seqs": 2048, "max_num_batched_tokens": 32768},
 }
 # Environment a run can add (enrich runs only): vLLM's engine core in a process of its own, as
 # before enrich ran it in the replica's.
@@ -224,20 +233,42 @@ def _logged(name: str, cmd: list[str], d: Path) -> tuple[Sampler, float, float]:
 # ------------------------------------------------------------------------------------------
 # vLLM's own benchmark.
 # ------------------------------------------------------------------------------------------
-def run_vllm_bench(model: str, n: int, work: Path, chat: bool = False) -> dict[str, Any]:
-    """vLLM's `bench throughput`. Its default (offline `vllm`) backend hands each request's image
-    to LLM.generate as a chat content part, which that call does not read: no image is processed
-    (its prompt-token count shows it). ``chat``: the `vllm-chat` backend (LLM.chat), which does
-    process the images: vLLM's own number for captioning-shaped work."""
-    d = work / ("vllm-bench-chat" if chat else "vllm-bench")
+# A request of vLLM's random-mm dataset carries --random-input-len text tokens and one 224x224
+# image, 64 image tokens in Qwen2.5-VL (+2 markers): fewer prompt tokens than this per request
+# mean the images were never processed, and such a run is no anchor for captioning work.
+BENCH_TEXT_TOKENS = 50
+BENCH_MIN_PROMPT_TOKENS = BENCH_TEXT_TOKENS + 64
+
+
+def run_vllm_bench(model: str, n: int, work: Path, chat: bool = False,
+                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """vLLM's `bench throughput` on random 224x224 images, one per request.
+
+    vLLM 0.24's `validate_args` turns `--dataset-name random-mm` into the text-only `random`
+    dataset whenever no `--dataset-path` is given ("When dataset path is not set, it will
+    default to random dataset"), for every backend: the earlier anchors here processed no image.
+    A path is given (the model's config; random-mm never reads it), so random-mm's images are
+    made. The default (offline `vllm`) backend then hands each image to LLM.generate as a chat
+    content part that call does not read; ``chat``: the `vllm-chat` backend (LLM.chat) processes
+    them. Either way the prompt tokens per request say which happened, and a run without image
+    tokens is marked ``anchor: false``. ``extra`` may set max_num_seqs / max_num_batched_tokens
+    (the ``seqs*`` variants)."""
+    extra = extra or {}
+    seqs = extra.get("max_num_seqs")  # None: vLLM's own default for the GPU
+    name = ("vllm-bench-chat" if chat else "vllm-bench") + f"-{seqs or 'default'}"
+    d = work / name
     d.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "bench", "throughput", "--model", model,
            *(["--backend", "vllm-chat"] if chat else []),
-           "--dataset-name", "random-mm", "--random-mm-bucket-config", "{(224, 224, 1): 1.0}",
+           "--dataset-name", "random-mm", "--dataset-path", str(Path(model) / "config.json"),
+           "--random-mm-bucket-config", "{(224, 224, 1): 1.0}",
            "--random-mm-base-items-per-request", "1", "--random-mm-num-mm-items-range-ratio", "0",
-           "--random-mm-limit-mm-per-prompt", '{"image":1,"video":0}', "--random-input-len", "50",
+           "--random-mm-limit-mm-per-prompt", '{"image":1,"video":0}',
+           "--random-input-len", str(BENCH_TEXT_TOKENS),
            "--random-output-len", str(TOKENS), "--num-prompts", str(n), "--load-format", "dummy",
-           "--max-num-seqs", "256", "--limit-mm-per-prompt", '{"image":1}',
+           *(["--max-num-seqs", str(seqs)] if seqs else []), "--limit-mm-per-prompt", '{"image":1}',
+           *(["--max-num-batched-tokens", str(extra["max_num_batched_tokens"])]
+             if "max_num_batched_tokens" in extra else []),
            "--output-json", str(d / "out.json")]
     s, t0, t1 = _logged("vllm bench", cmd, d)
     r = json.loads((d / "out.json").read_text())
@@ -246,10 +277,16 @@ def run_vllm_bench(model: str, n: int, work: Path, chat: bool = False) -> dict[s
     g1 = (d / "out.json").stat().st_mtime
     import re
 
-    said = re.search(r"Total num prompt tokens:\s+(\d+)", (d / "log").read_text())
+    log = (d / "log").read_text()
+    said = re.search(r"Total num prompt tokens:\s+(\d+)", log)
     prompt_tokens = round(int(said.group(1)) / int(r["num_requests"]), 1) if said else None
+    anchor = prompt_tokens is not None and prompt_tokens >= BENCH_MIN_PROMPT_TOKENS
     return {"kind": "vllm-bench", "backend": "vllm-chat" if chat else "vllm",
-            "prompt_tokens_per_request": prompt_tokens,
+            "prompt_tokens_per_request": prompt_tokens, "anchor": anchor,
+            **({} if anchor else {"not_an_anchor": f"{prompt_tokens} prompt tokens per request: "
+                                  f"no image processed (>= {BENCH_MIN_PROMPT_TOKENS} with one)"}),
+            "random_dataset_fallback": "default to random dataset" in log,
+            "max_num_seqs": seqs or "vLLM's default", "engine_kwargs_added": extra,
             "gpus": 1, "engines_per_gpu": 1, "rows": int(r["num_requests"]),
             "captions_per_s_sustained": round(float(r["requests_per_second"]), 1),
             "sustained_window": f"vLLM's own elapsed time for all requests ({'LLM.chat' if chat else 'LLM.generate'})",
@@ -270,8 +307,8 @@ def bare_worker(args: argparse.Namespace) -> None:
     cfg = json.loads(args.cfg)
     with tarfile.open(args.prepared) as tar:
         jpegs = [tar.extractfile(m).read() for m in tar]  # type: ignore[union-attr]
-    mine = [Image.open(io.BytesIO(b)).convert("RGB")
-            for i, b in enumerate(jpegs) if i % args.parts == args.part]
+    mine_jpegs = [b for i, b in enumerate(jpegs) if i % args.parts == args.part]
+    mine = [Image.open(io.BytesIO(b)).convert("RGB") for b in mine_jpegs]
     t0 = time.time()
     llm = LLM(**cfg["llm_kwargs"])
     prompt = render_prompt(llm.get_tokenizer(), cfg["system_prompt"], cfg["prompt"])
@@ -285,10 +322,14 @@ def bare_worker(args: argparse.Namespace) -> None:
     if args.split:
         from vllm.sampling_params import RequestOutputKind
 
-        # vLLM's input processing alone, one thread (what LLM.generate does per prompt) ...
+        # vLLM's input processing alone, one thread (what LLM.generate does per prompt), timed
+        # on the first RENDER_SAMPLE images; the rest in enrich's render processes (the same
+        # requests, tests/test_vllm_cpu.py checks), so a 10,000-request ceiling does not wait
+        # ~45 s for one thread ...
         r0 = time.time()
-        rendered = [llm._preprocess_cmpl_one(x) for x in inputs]
-        extra["render_ms_per_image"] = round((time.time() - r0) / len(inputs) * 1e3, 2)
+        rendered = [llm._preprocess_cmpl_one(x) for x in inputs[:RENDER_SAMPLE]]
+        extra["render_ms_per_image"] = round((time.time() - r0) / len(rendered) * 1e3, 2)
+        rendered += render_in_processes(cfg, mine_jpegs[RENDER_SAMPLE:], prompt)
         Path(args.ready + ".rendered").write_text("1")
         while not Path(args.go + ".rendered").exists():
             time.sleep(0.01)
@@ -309,6 +350,28 @@ def bare_worker(args: argparse.Namespace) -> None:
     tokens = sum(len(o.outputs[0].token_ids) for o in outs)
     Path(args.result).write_text(json.dumps({"start_s": t_loaded - t0, "t0": g0, "t1": g1,
                                              "captions": len(outs), "tokens": tokens, **extra}))
+
+
+RENDER_SAMPLE = 300
+
+
+def render_in_processes(cfg: dict[str, Any], jpegs: list[bytes], prompt: str) -> list[Any]:
+    """vLLM's input processing of ``jpegs`` in enrich's render processes, all cores but two."""
+    import tempfile
+
+    from enrich.engines.vllm_render import ProcessRenderer, engine_config
+
+    if not jpegs:
+        return []
+    with tempfile.TemporaryDirectory() as tmp:
+        pool = ProcessRenderer(max(1, (os.cpu_count() or 4) - 2), os.path.join(tmp, "config"))
+        try:
+            pool.publish(engine_config(cfg["llm_kwargs"]), cfg["system_prompt"], cfg["prompt"])
+            pool.wait_ready(prompt, timeout_s=600)
+            futures = [pool.submit(j) for j in jpegs]
+            return [pool.load(f.result()) for f in futures]
+        finally:
+            pool.close()
 
 
 def run_bare(k: int, model: str, dummy: bool, prepared: Path, work: Path, accelerator: str,
@@ -623,7 +686,8 @@ def main() -> None:
         parts = base.split(":")
         try:
             if parts[0] in ("vllm-bench", "vllm-bench-chat"):
-                r = run_vllm_bench(args.model, args.bare_n, WORK, chat=parts[0] == "vllm-bench-chat")
+                r = run_vllm_bench(args.model, args.bare_n, WORK, chat=parts[0] == "vllm-bench-chat",
+                                   extra=extra)
             elif parts[0] in ("bare", "split"):
                 r = run_bare(int(parts[1]), args.model, args.dummy_weights, prepared, WORK,
                              args.accelerator_type, extra, split=parts[0] == "split")

@@ -190,7 +190,11 @@ class RunConfig:
         if self.batch_size >= 1:
             return self.batch_size
         on_gpu = self.engine == "vllm" and self.accelerator_type.lower() != "cpu"
-        return GPU_BATCH_SIZE if on_gpu else SMALL_BATCH_SIZE
+        if not on_gpu:
+            return SMALL_BATCH_SIZE
+        # two batches in flight keep the engine at max_num_seqs: each holds twice that
+        seqs = int(self.engine_kwargs.get("max_num_seqs", 0) or 0)
+        return max(GPU_BATCH_SIZE, 2 * seqs)
 
     @property
     def replicas(self) -> int:

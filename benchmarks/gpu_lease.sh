@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# One lease's GPU measurements, end to end, on a lent CUDA host without network: unpack the
+# offline runtime, build the model folder, install enrich, then the runs of benchmarks/gpu.py in
+# order of what matters most, each result written as soon as it is in. Meant to be started
+# detached (setsid) so that it outlasts the short calls that bring its pieces and read its results:
+#
+#   setsid nohup bash benchmarks/gpu_lease.sh STASH > /tmp/lease/plan.log 2>&1 &
+#
+# STASH holds the runtime's pieces (site.tar.xz.part*), host-setup.sh, make_model_dir.py and any
+# extra wheels (py-spy). Results: /tmp/lease/a.json (the engine-alone ceilings and vLLM's own
+# image benchmark), /tmp/lease/b.json (enrich at the best setting of a.json, then variants).
+set -uo pipefail
+STASH=${1:?usage: gpu_lease.sh STASH}
+L=/tmp/lease
+mkdir -p "$L"
+SRC=/tmp/src
+rm -rf "$SRC" && cp -r "$(cd "$(dirname "$0")/.." && pwd)" "$SRC" && cd "$SRC" || exit 1
+t0=$(date +%s)
+say() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
+
+say "setup"
+bash "$STASH/host-setup.sh" "$STASH" || exit 1
+export PYTHONPATH=/tmp/site RAY_AUTH_MODE=disabled HF_HUB_OFFLINE=1 VLLM_USE_FLASHINFER_SAMPLER=0
+# the runtime travels without bytecode: compile it once, or every process compiles vLLM again
+python3 -m compileall -q -j 0 /tmp/site > /dev/null 2>&1 &
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$STASH"/*.whl 2>/dev/null
+export PATH=/tmp/site/bin:$PATH
+python3 "$STASH/make_model_dir.py" /tmp/model > "$L/model.log" 2>&1 || { say "model dir failed"; exit 1; }
+python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . > "$L/install.log" 2>&1 \
+  || { say "install failed"; cat "$L/install.log"; exit 1; }
+ACC=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -o 'H[12]00' || echo H100)
+say "accelerator $ACC; inputs"
+# (an earlier call may have started making them while the pieces travelled: wait for it)
+while [ -e "$STASH/inputs.started" ] && [ ! -e "$STASH/inputs.done" ]; do sleep 2; done
+python3 benchmarks/gpu.py inputs --n 40000 --bare-n 10000 || exit 1
+wait  # compileall
+say "runs A"
+COMMON=(--model /tmp/model --dummy-weights --n 40000 --bare-n 10000 --accelerator-type "$ACC")
+# The engine alone (inputs processed beforehand) at vLLM's H200/H100 default batch first, vLLM's
+# own image benchmark at its own defaults, then enrich's old pin and the larger batch.
+python3 benchmarks/gpu.py run "${COMMON[@]}" --out "$L/a.json" \
+  --runs "${RUNS_A:-split:1+seqs1024,vllm-bench-chat,split:1,split:1+seqs2048}"
+BEST=$(python3 - "$L/a.json" <<'PY'
+import json, sys
+runs = [r for r in json.load(open(sys.argv[1]))["runs"] if r["run"].startswith("split:1")
+        and r.get("captions_per_s_sustained")]
+best = max(runs, key=lambda r: r["captions_per_s_sustained"]) if runs else {"run": "split:1+seqs1024"}
+print("".join("+" + v for v in best["run"].split("+")[1:]))
+PY
+)
+say "runs B, best engine setting: [$BEST]"
+python3 benchmarks/gpu.py run "${COMMON[@]}" --profile --out "$L/b.json" \
+  --runs "${RUNS_B:-enrich:1:1:4$BEST,enrich:1:1:4$BEST+mp,split:1$BEST+noenc}"
+say "done"
