@@ -660,6 +660,9 @@ def main() -> None:
     run.add_argument("--runs", default="vllm-bench,bare:1,enrich:1:3")
     run.add_argument("--accelerator-type", default="H200")
     run.add_argument("--profile", action="store_true")
+    run.add_argument("--lease", default="",
+                     help="which lease these runs share (kind, date, time): runs are compared "
+                          "only within one lease")
     run.add_argument("--out", required=True)
     mg = sub.add_parser("merge")
     mg.add_argument("files", nargs="+")
@@ -702,7 +705,7 @@ def main() -> None:
                 raise SystemExit(f"unknown run {spec}")
         except Exception as exc:  # noqa: BLE001 - one failed run is recorded, the others go on
             r = {"error": f"{type(exc).__name__}: {exc}"[-3000:]}
-        r = {"run": spec, **r, "run_s": round(time.time() - t, 1)}
+        r = {"run": spec, "lease": args.lease, **r, "run_s": round(time.time() - t, 1)}
         results["runs"].append(r)
         print(json.dumps({k: v for k, v in r.items() if k != "llm_kwargs"}), flush=True)
         out.write_text(json.dumps(results, indent=2) + "\n")  # after every run
