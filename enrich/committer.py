@@ -96,7 +96,7 @@ class Committer:
 
     def maybe_commit(self, *, final: bool = False) -> None:
         """Commit full slices of ``commit_every`` rows; the rest when ``commit_seconds`` have
-        passed or at the end (``final``). Until the end, the newest row stays buffered so the
+        passed, when none has been committed yet, or at the end (``final``). Until the end, the newest row stays buffered so the
         final commit always has a row to carry "source exhausted" in its metadata."""
         if final:
             self._release_held(None)
@@ -104,7 +104,9 @@ class Committer:
         keep = 0 if final else 1
         while len(self.buffer) - keep >= self.cfg.commit_every:
             self._commit(self.cfg.commit_every, final=final)
-        late = time.monotonic() - self.last_commit >= self.cfg.commit_seconds
+        # the first rows are committed as soon as they are in: the time to the first row is what
+        # a person watching a new run waits on, and one small commit costs nothing
+        late = self.commits == 0 or time.monotonic() - self.last_commit >= self.cfg.commit_seconds
         if len(self.buffer) > keep and (final or late):
             self._commit(len(self.buffer) - keep, final=final)
 

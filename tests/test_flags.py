@@ -79,20 +79,25 @@ def test_ray_address_from_the_environment_is_used(tmp_path: Path) -> None:
     assert not (tmp_path / "t" / "_delta_log").exists()
 
 
-def test_commit_seconds_commits_before_commit_every_is_reached(shards: Path, tmp_path: Path,
-                                                               ray_address: str) -> None:
+def test_first_rows_are_committed_at_once_then_every_commit_seconds(tmp_path: Path,
+                                                                    ray_address: str) -> None:
+    """The first engine batch is committed as soon as it is in (the time to the first row is
+    what a person watching waits on); after it, rows wait for --commit-every or --commit-seconds.
+    The dry-run engine spends 10 ms per image, so its four 64-row batches arrive >= 0.5 s apart
+    even two at a time."""
     def commits(table: Path, *extra: str) -> int:
-        res = cli("--until", "120", "--source", str(shards), "--table", str(table), "--engine",
+        res = cli("--until", "240", "--source", "sample", "--table", str(table), "--engine",
                   "dry-run", "--checkpoint-dir", str(tmp_path / "ck"), "--quiet",
-                  "--commit-every", "1000", "--ray-address", ray_address, *extra)
+                  "--dry-run-ms-per-image", "10", "--commit-every", "1000",
+                  "--ray-address", ray_address, *extra)
         assert res.returncode == 0, res.stderr
-        assert read_table(str(table)).num_rows == 120
+        assert read_table(str(table)).num_rows == 240
         return sum(1 for h in DeltaTable(str(table)).history() if h.get("operation") == "WRITE")
 
-    assert commits(tmp_path / "once") == 1  # 120 rows < --commit-every, default 60 s: at the end
-    # a 0.5 s interval has passed when the first engine batch arrives (the pipeline's start
-    # alone takes longer): that batch is committed before the run ends
-    assert commits(tmp_path / "often", "--commit-seconds", "0.5") >= 2
+    # default 60 s: the first batch at once, everything else at the end
+    assert commits(tmp_path / "once") == 2
+    # 0.5 s: every later batch arrival finds the interval passed, so at least one more commit
+    assert commits(tmp_path / "often", "--commit-seconds", "0.5") >= 3
 
 
 def test_unwritable_checkpoint_dir_and_gallery_out_are_one_line(tmp_path: Path) -> None:
