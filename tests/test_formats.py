@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import cli
-from tests.helpers import outcome, said
+from tests.helpers import outcome, read_table, said
 from tests.test_kill_resume import kill_after
 
 
@@ -122,3 +122,38 @@ def test_image_column_flag_and_a_parquet_without_images(tmp_path: Path, ray_addr
     res = cli(*args(d, tmp_path / "t", 2, ray_address, "--image-column", "picture"))
     assert res.returncode == 2 and "no column 'picture'" in res.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "t").exists()
+
+
+def test_a_column_of_image_paths_is_read_by_path(tmp_path: Path, ray_address: str) -> None:
+    """``--image-column`` on path strings (what the no-image-column message suggests): each file
+    is read from beside the parquet file; a missing one is a rejected row that names it. Before,
+    the strings reached the hash as images: a Ray traceback, exit 1."""
+    import io
+
+    from PIL import Image
+
+    d = tmp_path / "p"
+    (d / "img").mkdir(parents=True)
+    jpegs = []
+    for i in range(3):
+        buf = io.BytesIO()
+        Image.new("RGB", (40 + i, 30), (10 * i, 80, 200)).save(buf, format="JPEG")
+        (d / "img" / f"{i}.jpg").write_bytes(buf.getvalue())
+        jpegs.append(buf.getvalue())
+    paths = ["img/0.jpg", "img/1.jpg", "img/gone.jpg", "img/2.jpg"]
+    pq.write_table(pa.table({"image_path": paths, "n": [1, 2, 3, 4]}), d / "00000.parquet")
+    table = tmp_path / "t"
+    res = cli(*args(d, table, 4, ray_address, "--image-column", "image_path"))
+    assert res.returncode == 0, said(res.stderr)
+    got = read_table(str(table)).sort_by("source_index").to_pylist()
+    assert [r["status"] for r in got] == ["captioned", "captioned", "rejected", "captioned"]
+    assert [r["image_hash"] for r in got if r["status"] == "captioned"] == [
+        hashlib.sha256(b).hexdigest() for b in jpegs]
+    assert "img/gone.jpg" in got[2]["error"] and "FileNotFoundError" in got[2]["error"]
+    # a column that holds neither bytes nor paths: one line, exit 2, nothing written
+    res = cli(*args(d, tmp_path / "t2", 4, ray_address, "--image-column", "n"))
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip().splitlines() == [
+        f"enrich: error: --source '{d}': column 'n' of 00000.parquet holds int64, not images "
+        "(a {bytes, path} struct, binary bytes or file paths as strings)"]
+    assert not (tmp_path / "t2").exists()

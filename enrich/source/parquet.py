@@ -1,5 +1,5 @@
 """Parquet files of rows: the image from a ``{bytes, path}`` struct (what ``datasets`` writes for
-an ``Image`` feature) or a binary column, the text (source_text) from a string column."""
+an ``Image`` feature), a binary column or a column of file paths, the text (source_text) from a string column."""
 
 from __future__ import annotations
 
@@ -31,7 +31,12 @@ def samples(fileobj: IO[bytes], shard: Shard) -> Iterator[Sample]:
         for batch in batches:
             text_cells = batch.column(1).to_pylist() if texts else [None] * batch.num_rows
             for cell, text in zip(batch.column(0).to_pylist(), text_cells, strict=True):
-                image, path = (cell.get("bytes"), cell.get("path")) if isinstance(cell, dict) else (cell, None)
+                if isinstance(cell, dict):
+                    image, path = cell.get("bytes"), cell.get("path")
+                elif isinstance(cell, str):  # a column of paths: the file is read by its path
+                    image, path = None, cell
+                else:
+                    image, path = cell, None
                 ext = path.rsplit(".", 1)[-1].lower() if path and "." in path else None
                 error = None
                 if image is None:
@@ -78,6 +83,14 @@ def image_column_of(schema: pa.Schema, wanted: str | None) -> str | None:
     return (named or binary or [None])[0]
 
 
+def _holds_images(kind: pa.DataType) -> bool:
+    """A column enrich can take images from: a ``{bytes, path}`` struct, bytes, or path strings."""
+    if pa.types.is_struct(kind):
+        return kind.get_field_index("bytes") >= 0 or kind.get_field_index("path") >= 0
+    return any(test(kind) for test in (pa.types.is_binary, pa.types.is_large_binary,
+                                       pa.types.is_string, pa.types.is_large_string))
+
+
 def text_column_of(schema: pa.Schema, wanted: str | None) -> str | None:
     """The text column of a parquet schema (source_text): ``wanted``, else the first string
     column named caption, text or txt (in that order of preference), else none."""
@@ -105,6 +118,10 @@ def with_columns(shards: list[Shard], wanted: str | None, source: str,
         what = f"no column {wanted!r}" if wanted else "no image column (a {bytes, path} struct or binary)"
         raise SourceError(f"--source {source!r}: {what} in {shards[0].name}; columns: "
                           f"{', '.join(schema.names)} (choose one with --image-column)")
+    kind = schema.field(column).type
+    if not _holds_images(kind):
+        raise SourceError(f"--source {source!r}: column {column!r} of {shards[0].name} holds {kind}, "
+                          "not images (a {bytes, path} struct, binary bytes or file paths as strings)")
     text = text_column_of(schema, text_wanted)
     if text_wanted and text is None:
         raise SourceError(f"--source {source!r}: no column {text_wanted!r} in {shards[0].name}; "
