@@ -6,9 +6,11 @@ positions, outcome). It is never used to decide what is done: the Delta log is t
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import os
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +23,62 @@ if TYPE_CHECKING:
     from enrich.config import RunConfig
     from enrich.plan import Plan
     from enrich.progress import Counts
+
+
+class Outcome(str, enum.Enum):
+    """How a run ended, as its journal, its result and ``status`` say it."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    NOTHING_TO_DO = "nothing to do"
+    EXHAUSTED = "nothing to do (source exhausted)"
+    INTERRUPTED = "interrupted"
+    FAILED = "failed"
+    # never written: what ``status`` shows for a "running" journal whose process is gone
+    DIED = "died"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started (Linux: field 22 of /proc/PID/stat, in clock ticks since
+    boot), so that a pid reused by another process is not taken for the run; None elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def process_token() -> dict[str, Any]:
+    """Who writes a journal: enough for ``status`` to tell, later, whether it still runs."""
+    pid = os.getpid()
+    return {"pid": pid, "host": socket.gethostname(), "process_start": _process_start(pid)}
+
+
+def still_running(journal: dict[str, Any]) -> bool | None:
+    """Whether the process that wrote a "running" journal is alive: True/False on the host that
+    wrote it, None where that cannot be known (another host, a journal without a pid)."""
+    pid, host = journal.get("pid"), journal.get("host")
+    if not isinstance(pid, int) or host != socket.gethostname():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        pass
+    start = journal.get("process_start")
+    return start is None or _process_start(pid) == start
+
+
+def shown_outcome(journal: dict[str, Any]) -> str:
+    """A journal's outcome as ``status`` shows it: a run whose process is gone is "died"."""
+    outcome = str(journal.get("outcome"))
+    if outcome == Outcome.RUNNING and still_running(journal) is False:
+        return Outcome.DIED.value
+    return outcome
 
 
 def table_dir(checkpoint_dir: str, table_uri: str) -> Path:
@@ -67,15 +125,18 @@ class Journal:
         except FileNotFoundError:
             return 0
 
-    def write(self, outcome: str, counts: Counts, result: Any = None) -> None:
+    def write(self, outcome: Outcome, counts: Counts, result: Any = None,
+              error: str | None = None) -> None:
         # a finished run's seconds are its result's: summary, journal and status say one rate
         seconds = result.seconds if result is not None else time.time() - self.started
         now = self.started + seconds
         data = {
             "run_id": self.run_id,
-            "outcome": outcome,
+            "outcome": outcome.value,
+            "error": error,
+            **process_token(),
             "started_at": self.started,
-            "ended_at": None if outcome == "running" else now,
+            "ended_at": None if outcome == Outcome.RUNNING else now,
             "seconds": seconds,
             "config": self.cfg.public_dict(),
             "config_origins": dict(self.cfg.origins),

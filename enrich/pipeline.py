@@ -33,7 +33,7 @@ from enrich.config import RunConfig, source_env_from_env, storage_options_from_e
 from enrich.engines.base import Engine
 from enrich.errors import UsageError
 from enrich.feeder import MAX_RANGE_BLOCKS, FetchChunks, Handoff
-from enrich.journal import Journal
+from enrich.journal import Journal, Outcome
 from enrich.plan import Plan, make_plan
 from enrich.progress import Counts, Flow, Reporter
 from enrich.reader import CHUNK_ROWS, Chunk, Reader
@@ -53,11 +53,16 @@ class RunResult:
     commits: int
     seconds: float
     engine_starts: int | None
-    outcome: str
+    outcome: Outcome
     plan: Plan
     # seconds after the start when the first engine rows reached the driver and when the first
     # of them were committed: the time to the first row, split where enrich can act on it
     milestones: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # the plan (with its Arrow tables) is left out: one short line
+        return (f"RunResult(run_id={self.run_id!r}, outcome={self.outcome.value!r}, "
+                f"committed_rows={self.committed_rows}, counts={self.counts.by_status}, "
+                f"commits={self.commits}, seconds={self.seconds:.1f})")
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,85 +167,106 @@ def _follow(plan: Plan, shards: list[Shard], table: CaptionsTable, warn: bool = 
     return plan
 
 
+@dataclass
+class RunContext:
+    """One run's fixed parts, as every step of it sees them."""
+
+    cfg: RunConfig
+    table: CaptionsTable
+    run_id: str
+    started: float  # time.time() at the start: the one rate is counted from here
+    reporter: Reporter
+    counts: Counts = field(default_factory=Counts)
+    flow: Flow = field(default_factory=Flow)
+
+    def result(self, outcome: Outcome, plan: Plan) -> RunResult:
+        """A run that captioned nothing."""
+        return RunResult(self.run_id, self.counts, 0, 0, time.time() - self.started, 0, outcome,
+                         plan)
+
+
 def run(cfg: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
     """Run the enricher to ``cfg.until``. Safe to kill at any moment and run again."""
-    started = time.time()
-    run_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
-    table = CaptionsTable(cfg.table, storage_options=storage_options_from_env())
-    reporter = reporter or Reporter(total=cfg.until)
-    counts = Counts()
-    plan = make_plan(cfg, table)
+    run = RunContext(cfg, CaptionsTable(cfg.table, storage_options=storage_options_from_env()),
+                     f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}",
+                     time.time(), reporter or Reporter(total=cfg.until))
+    plan = make_plan(cfg, run.table)
     if plan.nothing_to_do and not plan.progress.exhausted:
         # --until is covered: answered from the Delta log alone, no source listing, no Ray
-        reporter.start(plan)
-        return RunResult(run_id, counts, 0, 0, time.time() - started, 0, "nothing to do", plan)
+        run.reporter.start(plan)
+        return run.result(Outcome.NOTHING_TO_DO, plan)
     shards = list_shards(cfg.source, image_column=cfg.image_column, text_column=cfg.text_column,
                          subset=cfg.subset,
                          split=cfg.split)  # a bad source fails here, before anything is written
-    plan = _follow(plan, shards, table, warn=True)
+    plan = _follow(plan, shards, run.table, warn=True)
     if plan.nothing_to_do:  # exhausted, and no file after the last one read: still no Ray
-        reporter.start(plan)
-        return RunResult(run_id, counts, 0, 0, time.time() - started, 0,
-                         "nothing to do (source exhausted)", plan)
+        run.reporter.start(plan)
+        return run.result(Outcome.EXHAUSTED, plan)
     from enrich.engines import make_engine
 
-    journal = Journal(cfg, run_id, plan, started=started)
+    journal = Journal(cfg, run.run_id, plan, started=run.started)
     journal.check_writable()
     engine = make_engine(cfg, starts_dir=journal.engine_dir)
-    flow = Flow()
     # before Ray starts: a table in use is answered at once
-    with table.lock(ttl_s=cfg.lock_ttl, run_id=run_id):
+    with run.table.lock(ttl_s=cfg.lock_ttl, run_id=run.run_id):
         if cfg.ray_address:
             _probe_ray(cfg.ray_address)
-        reporter.start(plan, started)
-        reporter.running(flow)  # the live line from here on, whatever Ray takes to start
-        reporter.update(counts, phase="starting Ray")
-        _init_ray(cfg)
-        ray_started_s = round(time.time() - started, 1)
-        engine.check_cluster()  # no GPU for the model: fail now, before anything is written
-        plan = _follow(make_plan(cfg, table), shards, table)  # again under the lock: another
-        # run may have moved it
-        journal.plan = plan
-        reporter.total = plan.rows_to_do + plan.failed_to_retry
-        reporter.update(counts, phase="starting the engine")
-        if plan.nothing_to_do:
-            return RunResult(run_id, counts, 0, 0, time.time() - started, 0, "nothing to do", plan)
-        skip = SkipIndex.from_arrow(table.captioned_hashes(plan.caption_config))
-        import ray
-
-        reader = Reader(shards, plan.progress, cfg.until, skip, plan.retry_rows,
-                        read_cpus=engine.read_cpus(), image_size=cfg.image_size,
-                        batch_rows=cfg.engine_batch_size,
-                        parallel=int(ray.cluster_resources().get("CPU", 2)),  # the cluster's CPUs
-                        # Only remote sources need the driver's settings; forwarding them costs a
-                        # worker pool of their own (a runtime_env), i.e. seconds of start-up.
-                        env=source_env_from_env() if any(s.remote for s in shards) else None)
-        journal.write("running", counts)
-        chunks = reader.chunks()
-        first = next(chunks, None)
-        if first is None:
-            result = RunResult(run_id, counts, 0, 0, time.time() - started, 0,
-                               "nothing to do (source exhausted)", plan)
-            journal.write(result.outcome, counts, result)
-            return result
+        # From the journal's first line to its last, one try: whatever fails, it says so.
+        journal.write(Outcome.RUNNING, run.counts)
         try:
-            result = _execute(cfg, table, plan, engine, reader, first, chunks, run_id, counts,
-                              reporter, flow, journal, started)
-            result.milestones["ray_started_s"] = ray_started_s
+            result = _run_locked(run, journal, engine, shards)
+            if result.engine_starts is None:
+                result.engine_starts = journal.engine_starts()
         except KeyboardInterrupt:
-            journal.write("interrupted", counts)
+            journal.write(Outcome.INTERRUPTED, run.counts)
             raise
         except BaseException as exc:
-            journal.write(f"failed: {type(exc).__name__}: {exc}", counts)
+            journal.write(Outcome.FAILED, run.counts, error=f"{type(exc).__name__}: {exc}")
             raise
-        journal.write(result.outcome, counts, result)
+        journal.write(result.outcome, run.counts, result)
         return result
 
 
-def _execute(cfg: RunConfig, table: CaptionsTable, plan: Plan, engine: Engine, reader: Reader,
-             first: Chunk, chunks: Iterator[Chunk],
-             run_id: str, counts: Counts, reporter: Reporter, flow: Flow, journal: Journal,
-             started: float) -> RunResult:
+def _run_locked(run: RunContext, journal: Journal, engine: Engine,
+                shards: list[Shard]) -> RunResult:
+    """The run, under the table's lock: Ray, the plan again, the reader, the pipeline."""
+    cfg, reporter = run.cfg, run.reporter
+    reporter.start(journal.plan, run.started)
+    reporter.running(run.flow)  # the live line from here on, whatever Ray takes to start
+    reporter.update(run.counts, phase="starting Ray")
+    _init_ray(cfg)
+    ray_started_s = round(time.time() - run.started, 1)
+    engine.check_cluster()  # no GPU for the model: fail now, before anything is written
+    # the plan again under the lock: another run may have moved it
+    plan = journal.plan = _follow(make_plan(cfg, run.table), shards, run.table)
+    reporter.total = plan.rows_to_do + plan.failed_to_retry
+    reporter.update(run.counts, phase="starting the engine")
+    if plan.nothing_to_do:
+        return run.result(Outcome.NOTHING_TO_DO, plan)
+    skip = SkipIndex.from_arrow(run.table.captioned_hashes(plan.caption_config))
+    import ray
+
+    reader = Reader(shards, plan.progress, cfg.until, skip, plan.retry_rows,
+                    read_cpus=engine.read_cpus(), image_size=cfg.image_size,
+                    batch_rows=cfg.engine_batch_size,
+                    parallel=int(ray.cluster_resources().get("CPU", 2)),  # the cluster's CPUs
+                    # Only remote sources need the driver's settings; forwarding them costs a
+                    # worker pool of their own (a runtime_env), i.e. seconds of start-up.
+                    env=source_env_from_env() if any(s.remote for s in shards) else None)
+    chunks = reader.chunks()
+    first = next(chunks, None)
+    if first is None:
+        return run.result(Outcome.EXHAUSTED, plan)
+    result = _execute(run, plan, engine, reader, first, chunks)
+    result.milestones["ray_started_s"] = ray_started_s
+    return result
+
+
+def _execute(run: RunContext, plan: Plan, engine: Engine, reader: Reader, first: Chunk,
+             chunks: Iterator[Chunk]) -> RunResult:
+    """The streaming pipeline from the first chunk to the last commit."""
+    cfg, table, counts, flow, reporter = run.cfg, run.table, run.counts, run.flow, run.reporter
+    run_id, started = run.run_id, run.started
     import ray
     import ray.data
 
@@ -295,8 +321,8 @@ def _execute(cfg: RunConfig, table: CaptionsTable, plan: Plan, engine: Engine, r
     finally:
         handoff.close()
     reporter.update(counts, phase="done")
-    starts = journal.engine_starts()
     if committer.first_commit_at is not None:
         milestones["first_commit_s"] = round(committer.first_commit_at - started, 1)
     return RunResult(run_id, counts, committer.committed, committer.commits,
-                     time.time() - started, starts, "completed", plan, milestones)
+                     time.time() - started, None, Outcome.COMPLETED, plan,
+                     milestones)

@@ -26,7 +26,7 @@ class Plan:
     caption: dict[str, Any]
     progress: Progress
     until: int
-    retry_rows: pa.Table  # the failed rows a run retries first
+    retry_rows: pa.Table = dataclasses.field(repr=False)  # the failed rows a run retries first
     engine: dict[str, Any]
 
     @property

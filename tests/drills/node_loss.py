@@ -20,6 +20,7 @@ import ray
 from ray.cluster_utils import Cluster
 
 from enrich.config import RunConfig
+from enrich.journal import Outcome
 from enrich.pipeline import run
 from enrich.progress import Reporter
 
@@ -59,11 +60,13 @@ def main(shards: str, work: str) -> None:
     killer = threading.Thread(target=kill_worker)
     killer.start()
     outcome = "completed despite the lost node"
+    first = None
     try:
         first = run(cfg, reporter=Reporter(total=120, quiet=True))
-        assert first.outcome == "completed"
     except Exception as exc:  # noqa: BLE001 - the run may fail when the node goes: then it must resume
         outcome = f"failed ({type(exc).__name__}), then resumed"
+    # a run that returned (rather than raised) has completed: no other outcome comes back
+    assert first is None or first.outcome == Outcome.COMPLETED, first
     killer.join()
     if outcome != "completed despite the lost node" or commits(table) == 0:
         run(cfg, reporter=Reporter(total=120, quiet=True))
