@@ -15,11 +15,15 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def nonneg_int(text: str) -> int:
+def whole_int(text: str) -> int:
     try:
-        value = int(text.replace("_", ""))
+        return int(text.replace("_", ""))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def nonneg_int(text: str) -> int:
+    value = whole_int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
@@ -28,7 +32,7 @@ def nonneg_int(text: str) -> int:
 def pos_int(text: str) -> int:
     value = nonneg_int(text)
     if value == 0:
-        raise argparse.ArgumentTypeError("must be >= 1")
+        raise argparse.ArgumentTypeError("must be >= 1, got 0")
     return value
 
 

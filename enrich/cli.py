@@ -12,9 +12,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from enrich.args import Parser, json_object, nonneg_float, nonneg_int, pos_int
+from enrich import __version__
+from enrich.args import Parser, json_object, nonneg_float, nonneg_int, pos_int, whole_int
 from enrich.config import ENGINES
 from enrich.errors import EnrichError, UsageError, one_line
+from enrich.journal import Outcome
 
 COMMANDS = ("status", "sql", "compact", "gallery")
 
@@ -27,6 +29,7 @@ def build_run_parser() -> argparse.ArgumentParser:
         "or a larger --until to resume. Other commands: " + ", ".join(COMMANDS) +
         " (enrich COMMAND --help).",
     )
+    p.add_argument("--version", action="version", version=f"enrich {__version__}")
     g = p.add_argument_group("what to do")
     g.add_argument("--until", type=nonneg_int, metavar="N",
                    help="cover the first N rows of the source's canonical stream (required)")
@@ -47,7 +50,7 @@ def build_run_parser() -> argparse.ArgumentParser:
     g.add_argument("--table", help="Delta table path or s3:// gs:// az:// URI (default ./captions)")
     g.add_argument("--engine", choices=ENGINES,
                    help="caption engine (default vllm); dry-run is a deterministic CPU engine")
-    g.add_argument("--image-size", type=pos_int, metavar="PX",
+    g.add_argument("--image-size", type=whole_int, metavar="PX",  # its range: config.py
                    help="images are resized to PX x PX before captioning (default 225)")
     g.add_argument("--plan", action="store_true",
                    help="print the resolved plan as JSON and exit; reads no image, writes nothing")
@@ -117,19 +120,19 @@ def _run_main(argv: Sequence[str]) -> int:
         print(json.dumps(out, indent=2, default=str))
         return 0
     from enrich.pipeline import run
-    from enrich.progress import Reporter
+    from enrich.progress import Reporter, rows_range
 
     reporter = Reporter(total=cfg.until, quiet=args.quiet)
     try:
         result = run(cfg, reporter=reporter)
     finally:
         reporter.close()  # the live line ends before the summary or the error line
-    if result.outcome.startswith("nothing to do"):
-        print(f"enrich: nothing to do: the table already covers rows 0.."
-              f"{result.plan.progress.next_index - 1} of {result.plan.source} under "
+    if result.outcome in (Outcome.NOTHING_TO_DO, Outcome.EXHAUSTED):
+        print(f"enrich: nothing to do: the table already covers "
+              f"{rows_range(result.plan.progress.next_index)} of {result.plan.source} under "
               f"{result.plan.caption_config}"
               + (" (the source is exhausted)" if result.plan.progress.exhausted
-                 or "exhausted" in result.outcome else ""), file=sys.stderr)
+                 or result.outcome == Outcome.EXHAUSTED else ""), file=sys.stderr)
         return 0
     reporter.summary(result)
     return 0

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -212,8 +213,9 @@ class RunConfig:
 _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig) if f.name != "origins"}
 
 
-def _coerce(name: str, value: Any) -> Any:
-    """Turn a string from the environment or a TOML value into the field's type."""
+def _coerce(name: str, value: Any, origin: str) -> Any:
+    """Turn a string from the environment or a TOML value into the field's type (``origin``:
+    where it came from, for the error)."""
     kind = _FIELDS[name].type
     try:
         if kind == "int":
@@ -234,8 +236,13 @@ def _coerce(name: str, value: Any) -> Any:
                 raise ValueError
             return parsed
     except (TypeError, ValueError, json.JSONDecodeError):
-        raise UsageError(f"{name.replace('_', '-')}: invalid value {value!r}") from None
+        raise UsageError(f"{origin}: {_FLAG_OF.get(name, name)} = {value!r} is not "
+                         f"{_KIND_WORDS.get(str(kind), 'valid')}") from None
     return str(value)
+
+
+_KIND_WORDS = {"int": "a whole number", "int | None": "a whole number", "float": "a number",
+               "Mapping[str, Any]": "a JSON object"}
 
 
 def load_config_file(path: str | Path | None = None, *, cwd: Path | None = None) -> tuple[dict[str, Any], str]:
@@ -256,6 +263,7 @@ def load_config_file(path: str | Path | None = None, *, cwd: Path | None = None)
             if not data:
                 continue
         values = {k.replace("-", "_"): v for k, v in data.items()}
+        values = {ALIASES.get(k, k): v for k, v in values.items()}
         unknown = sorted(set(values) - set(_FIELDS))
         if unknown:
             raise UsageError(f"{cand}: unknown setting(s) {', '.join(unknown)}")
@@ -271,13 +279,52 @@ def resolve(
     cwd: Path | None = None,
 ) -> RunConfig:
     """Merge flags > environment > config file > defaults into a validated :class:`RunConfig`."""
+    flags = {ALIASES.get(k, k): v for k, v in flags.items()}
     unknown = sorted(set(flags) - set(_FIELDS))
     if unknown:
         raise UsageError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(_FIELDS))}")
+    for name, value in flags.items():
+        if value is not None:
+            _check_type(name, value)
     values, origins = _layered(_FIELDS, flags, env, config_file, cwd)
     if "until" not in values:
         raise UsageError("--until is required (the number of source rows to cover)")
-    return RunConfig(**values, origins=origins)
+    try:
+        return RunConfig(**values, origins=origins)
+    except UsageError as exc:
+        raise UsageError(_with_origin(str(exc), origins)) from None
+
+
+# Settings whose field name is not the flag's (--gpu-wait sets gpu_wait_s): the flag's name is
+# accepted wherever a setting is named (the Python API, the settings file).
+ALIASES = {"gpu_wait": "gpu_wait_s"}
+_FLAG_OF = {v: k for k, v in ALIASES.items()}
+
+
+def _with_origin(message: str, origins: Mapping[str, str]) -> str:
+    """A bad value that came from the environment or the settings file says where it came from
+    (a flag's error names the flag already)."""
+    m = re.match(r"--([a-z-]+)", message)
+    name = m.group(1).replace("-", "_") if m else ""
+    origin = origins.get(ALIASES.get(name, name), "flag")
+    return message if origin in ("flag", "default") else f"{message} (set by {origin})"
+
+
+def _check_type(name: str, value: Any) -> None:
+    """Settings given as values (the Python API) have the field's type: ``until="10"`` is an
+    error in one line, not a TypeError from deep inside."""
+    kind = _FIELDS[name].type
+    ok = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+          "int | None": lambda v: isinstance(v, int) and not isinstance(v, bool),
+          "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          "str": lambda v: isinstance(v, str), "str | None": lambda v: isinstance(v, str),
+          "EngineName": lambda v: isinstance(v, str),
+          "Mapping[str, Any]": lambda v: isinstance(v, Mapping)}.get(str(kind))
+    if ok is not None and not ok(value):
+        want = {"int": "a whole number", "int | None": "a whole number", "float": "a number",
+                "Mapping[str, Any]": "a mapping"}.get(str(kind), "a string")
+        raise UsageError(f"{_FLAG_OF.get(name, name)}={value!r}: expected {want}, got "
+                         f"{type(value).__name__}")
 
 
 def resolve_settings(names: Sequence[str], flags: Mapping[str, Any] | None = None, *,
@@ -298,13 +345,15 @@ def _layered(names: Iterable[str], flags: Mapping[str, Any], env: Mapping[str, s
     values: dict[str, Any] = {}
     origins: dict[str, str] = {}
     for name in names:
-        env_name = "RAY_ADDRESS" if name == "ray_address" else f"ENRICH_{name.upper()}"
+        env_name = ("RAY_ADDRESS" if name == "ray_address"
+                    else f"ENRICH_{_FLAG_OF.get(name, name).upper()}")
         if flags.get(name) is not None:
             values[name], origins[name] = flags[name], "flag"
         elif env.get(env_name) not in (None, ""):
-            values[name], origins[name] = _coerce(name, env[env_name]), f"env {env_name}"
+            values[name], origins[name] = _coerce(name, env[env_name], env_name), f"env {env_name}"
         elif name in file_values:
-            values[name], origins[name] = _coerce(name, file_values[name]), f"file {file_name}"
+            values[name], origins[name] = (_coerce(name, file_values[name], file_name),
+                                           f"file {file_name}")
         else:
             origins[name] = "default"
     return values, origins

@@ -12,6 +12,18 @@ def one_line(text: str) -> str:
     return " ".join(_ANSI.sub("", text).replace("↳", " ").split())
 
 
+_REQUEST_ID = re.compile(r"\s*\(Request ID: [^)]*\)")
+
+
+def clip(text: str, limit: int = 300) -> str:
+    """A library's message, folded to one line and cut at a word (not mid-word) with "…" when
+    longer than ``limit``; the hub's request ids (noise to a reader) are dropped."""
+    text = one_line(_REQUEST_ID.sub("", text))
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0].rstrip(" .,;:") + " …"
+
+
 class EnrichError(Exception):
     """Base class. ``exit_code`` is what the CLI exits with."""
 

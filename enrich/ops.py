@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import dataclasses
 import html
 import io
@@ -15,6 +16,7 @@ import json
 import os
 import random
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -23,8 +25,8 @@ import pyarrow as pa
 
 from enrich.args import Parser, nonneg_float, pos_int
 from enrich.config import resolve_settings, storage_options_from_env
-from enrich.errors import RunLockedError, TableError, UsageError, cannot_write
-from enrich.journal import read_journals
+from enrich.errors import EnrichError, RunLockedError, TableError, UsageError, cannot_write, one_line
+from enrich.journal import Outcome, read_journals, shown_outcome
 from enrich.schemas import STATUSES
 from enrich.sink import CaptionsTable
 
@@ -51,9 +53,16 @@ def _parse(p: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespac
     return args
 
 
-def _open(uri: str) -> CaptionsTable:
+def _open(uri: str, checkpoint_dir: str) -> CaptionsTable:
     table = CaptionsTable(uri, storage_options=storage_options_from_env())
     if not table.exists:
+        active = [j for j in read_journals(checkpoint_dir, uri)
+                  if shown_outcome(j) == Outcome.RUNNING]
+        if active:  # a first run on its way: the table appears with its first commit
+            j = active[-1]
+            raise TableError(f"--table {uri!r}: no captions table there yet: run {j['run_id']} "
+                             f"(started {_ts(j.get('started_at'))} UTC) is running and has not "
+                             "committed its first rows; try again in a minute")
         raise TableError(f"--table {uri!r}: no captions table there yet (run enrich first)")
     return table
 
@@ -100,7 +109,7 @@ def _render(table: pa.Table, fmt: str, out: Any) -> None:
 # -- status ------------------------------------------------------------------------------------
 def status_info(table_uri: str, checkpoint_dir: str = "./checkpoints") -> dict[str, Any]:
     """Where the table stands, as data: what ``enrich status --format json`` prints."""
-    table = _open(table_uri)
+    table = _open(table_uri, checkpoint_dir)
     con = _duckdb(table)
     by = con.sql("SELECT source, caption_config, any_value(model) AS model, status, count(*) AS rows "
                  "FROM captions GROUP BY ALL ORDER BY source, caption_config, status")
@@ -110,7 +119,8 @@ def status_info(table_uri: str, checkpoint_dir: str = "./checkpoints") -> dict[s
     for j in read_journals(checkpoint_dir, table_uri)[-10:]:
         runs.append({"run_id": j["run_id"], "start": _ts(j.get("started_at")),
                      "end": _ts(j.get("ended_at")), "rows": j.get("rows"),
-                     "rows_per_s": round(j.get("rows_per_s") or 0, 1), "outcome": j.get("outcome")})
+                     "rows_per_s": round(j.get("rows_per_s") or 0, 1), "outcome": shown_outcome(j),
+                     **({"error": j["error"]} if j.get("error") else {})})
     version, files = table.size()
     return {"table": table_uri, "version": version, "files": files,
             "rows": by.to_pylist(), "resume_positions": positions, "recent_runs": runs}
@@ -152,7 +162,7 @@ def sql(argv: Sequence[str]) -> int:
     _common(p)
     p.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
     args = _parse(p, argv)
-    con = _duckdb(_open(args.table))
+    con = _duckdb(_open(args.table, args.checkpoint_dir))
     import duckdb
 
     try:
@@ -180,7 +190,7 @@ def compact(argv: Sequence[str]) -> int:
     p.add_argument("--wait", type=nonneg_float, default=0.0, metavar="S",
                    help="wait up to S seconds for a running enricher to finish (default: refuse)")
     args = _parse(p, argv)
-    table = _open(args.table)
+    table = _open(args.table, args.checkpoint_dir)
     deadline = time.monotonic() + args.wait
     while True:
         try:
@@ -201,6 +211,9 @@ def compact(argv: Sequence[str]) -> int:
 def _writable_file(path: str) -> None:
     """Refuse, in one line, an output file that cannot be written (its folder missing or
     read-only)."""
+    if os.path.isdir(path):
+        raise UsageError(f"--out {path!r} is a folder; name the page's file, e.g. "
+                         f"{os.path.join(path, 'gallery.html')!r}")
     folder = os.path.dirname(os.path.abspath(path))
     why = cannot_write(folder)
     if why:
@@ -222,18 +235,35 @@ def gallery(argv: Sequence[str]) -> int:
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     args = _parse(p, argv)
     _writable_file(args.out)  # before the table is read: a bad --out is answered at once
-    table = _open(args.table)
+    table = _open(args.table, args.checkpoint_dir)
     rows = _sample_rows(table, args.sample, args.status, args.max_shards, args.seed)
-    thumbs = _thumbnails(rows)
+    thumbs, unread = _thumbnails(rows)
     runs = read_journals(args.checkpoint_dir, args.table)
     page = render_gallery(rows, thumbs, runs, title=f"enrich gallery: {args.table}")
-    tmp = args.out + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(page)
-    os.replace(tmp, args.out)
-    print(f"enrich gallery: {len(rows)} rows ({sum(1 for t in thumbs.values() if t)} thumbnails) "
-          f"-> {args.out}")
+    write_text_atomic(args.out, page)
+    n_thumbs = sum(1 for t in thumbs.values() if t)
+    why = ""
+    if unread:  # say why rows have no thumbnail: the source they came from cannot be read now
+        (source, reason), = list(unread.items())[:1]
+        more = f" (and {len(unread) - 1} other source(s))" if len(unread) > 1 else ""
+        why = f"; no thumbnails from {source!r}{more}: {reason}"
+    print(f"enrich gallery: {len(rows)} rows ({n_thumbs} thumbnails{why}) -> {args.out}")
     return 0
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Write ``path`` whole or not at all: a temporary file beside it, renamed over it, and
+    removed if anything fails on the way."""
+    fd, tmp = tempfile.mkstemp(prefix=".enrich-", suffix=".tmp",
+                               dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _sample_rows(table: CaptionsTable, k: int, statuses: list[str] | None, max_shards: int,
@@ -256,12 +286,16 @@ def _sample_rows(table: CaptionsTable, k: int, statuses: list[str] | None, max_s
     return sorted(out[:k], key=lambda r: (r["source"], r["source_index"]))
 
 
-def _thumbnails(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int], str | None]:
+def _thumbnails(rows: list[dict[str, Any]]) -> tuple[dict[tuple[str, str, int], str | None],
+                                                      dict[str, str]]:
+    """Thumbnails of ``rows`` read again from their sources, and for each source that cannot be
+    read now (moved, deleted, offline) why not."""
     from PIL import Image
 
     from enrich.source import iter_shard, list_shards, split_stream
 
     thumbs: dict[tuple[str, str, int], str | None] = {}
+    unread: dict[str, str] = {}
     wanted: dict[tuple[str, str], set[int]] = {}
     for r in rows:
         wanted.setdefault((r["source"], r["source_shard"]), set()).add(r["source_offset"])
@@ -269,10 +303,12 @@ def _thumbnails(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int], str | 
         try:
             base, subset, split = split_stream(source)
             shards = {s.name: s for s in list_shards(base, subset=subset, split=split)}
-        except UsageError:
+        except EnrichError as exc:
+            unread.setdefault(source, one_line(str(exc)))
             continue
         shard = shards.get(shard_name)
         if shard is None:
+            unread.setdefault(source, f"its file {shard_name!r} is not there any more")
             continue
         for sample in iter_shard(shard, start=min(offsets)):
             if sample.offset in offsets:
@@ -292,7 +328,7 @@ def _thumbnails(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int], str | 
                 offsets.discard(sample.offset)
             if not offsets:
                 break
-    return thumbs
+    return thumbs, unread
 
 
 def _chart(runs: list[dict[str, Any]]) -> str:

@@ -235,15 +235,30 @@ class Reader:
                 first, offset = names.index(self.start.next_shard), self.start.next_offset
             else:  # the shard we stopped in vanished: continue with the next name after it
                 first = sum(1 for n in names if n < self.start.next_shard)
-        jobs = self._jobs(self.shards[first:], offset)
+        # The read tasks read one row past --until: a source that ends exactly at --until is
+        # then known to be exhausted (and the next, larger --until is answered without Ray).
+        # Once --until is reached no further file is opened to find out: the next run will.
+        full = more_files = False
+
+        def jobs() -> Iterator[ReadJob]:
+            nonlocal more_files
+            for job in self._jobs(self.shards[first:], offset):
+                if full:
+                    more_files = True
+                    return
+                yield job
+
         self.rows_read = self.jobs_read = 0  # _main_width's estimate: the main stream's reads only
-        for meta, images_ref in self._blocks(jobs, self._main_width, self.until - index):
+        for meta, images_ref in self._blocks(jobs(), self._main_width, self.until - index + 1):
+            if full:  # a row past --until: the source goes on
+                return
             take = min(meta.num_rows, self.until - index)
             yield np.arange(index, index + take, dtype=np.int64), meta.slice(0, take), images_ref
             index += take
-            if index >= self.until:
+            if take < meta.num_rows:
                 return
-        self.exhausted = True
+            full = index >= self.until
+        self.exhausted = not more_files
 
     # ---- decisions ---------------------------------------------------------------------------
     def chunks(self) -> Iterator[Chunk]:

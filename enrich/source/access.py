@@ -7,15 +7,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import IO, Any, TypeVar
 
-from enrich.errors import SourceError, SourceUnavailableError, one_line
+from enrich.errors import SourceError, SourceUnavailableError, clip
 from enrich.retry import READ, Retries, call, is_missing, read_transient
+from enrich.source.naming import is_hub_id
 
 _T = TypeVar("_T")
 
 
 def unavailable(what: str, exc: BaseException, attempts: int) -> SourceUnavailableError:
     return SourceUnavailableError(f"{what}: still failing after {attempts} tries "
-                                  f"({type(exc).__name__}: {one_line(str(exc))[:300]}); rows "
+                                  f"({type(exc).__name__}: {clip(str(exc))}); rows "
                                   "committed so far are safe, run the same command again later")
 
 
@@ -28,7 +29,7 @@ def unreadable(what: str, exc: BaseException) -> SourceError:
     if "credential" in type(exc).__name__.lower() or isinstance(exc, PermissionError):
         hint = ("; every node of the Ray cluster needs the source's credentials in its own "
                 "environment or configuration")
-    return SourceError(f"{what} ({type(exc).__name__}: {one_line(str(exc))[:300]}){hint}; rows "
+    return SourceError(f"{what} ({type(exc).__name__}: {clip(str(exc))}){hint}; rows "
                        "committed so far are safe")
 
 
@@ -56,9 +57,13 @@ def listing(shown: str, list_once: Callable[[], _T]) -> _T:
     def failed(exc: BaseException) -> BaseException:
         if isinstance(exc, SourceError):
             return exc
-        why = "not found" if is_missing(exc) else "cannot list shards"
-        return SourceError(f"--source {shown!r}: {why} ({type(exc).__name__}: "
-                           f"{one_line(str(exc))[:300]})")
+        if is_missing(exc):
+            hint = ("; check the id's spelling, and HF_TOKEN for a private or gated dataset"
+                    if is_hub_id(shown) or shown.startswith("hf://") else "")
+            return SourceError(f"--source {shown!r}: not found ({type(exc).__name__}: "
+                               f"{clip(str(exc), 160)}){hint}")
+        return SourceError(f"--source {shown!r}: cannot list shards ({type(exc).__name__}: "
+                           f"{clip(str(exc))})")
 
     return retried_read(f"--source {shown!r}: listing shards", list_once, failed)
 

@@ -81,7 +81,8 @@ def list_hub(repo: str, shown: str, image_column: str | None, subset: str | None
 
     if constants.HF_HUB_OFFLINE:
         raise SourceError(f"--source {shown!r}: HF_HUB_OFFLINE is set, so the hub is not asked "
-                          "for the dataset's files")
+                          "for the dataset's files; unset HF_HUB_OFFLINE to read it from the hub, "
+                          "or give a local folder of its shards (or 'sample')")
     probe_hub(shown)
 
     def resolve_once() -> tuple[str, dict[str, list[str]]]:

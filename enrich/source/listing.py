@@ -46,8 +46,9 @@ def list_shards(source: str, *, sample_dir: str | None = None, image_column: str
     if "://" in source:
         return _list_fsspec(source, image_column=image_column, text_column=text_column)
     source = os.path.expanduser(source)
-    if looks_like_path(source) and not is_glob(source) and not os.path.exists(source):
-        raise SourceError(f"--source {source!r}: no such file or folder")
+    if not is_glob(source) and not os.path.exists(source):  # `shardz` as `./shardz`
+        hint = "" if looks_like_path(source) else " (and not a hub dataset id: ORG/NAME)"
+        raise SourceError(f"--source {source!r}: no such file or folder{hint}")
     if os.path.isdir(source):
         found = sorted(globmod.glob(os.path.join(source, "**", "*"), recursive=True))
     elif os.path.isfile(source):
