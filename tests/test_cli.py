@@ -19,7 +19,7 @@ from tests.conftest import cli
     (["--until", "-5"], "must be >= 0"),
     (["--until", "lots"], "expected a whole number"),
     (["--until", "10", "--engine", "tpu"], "invalid choice"),
-    (["--until", "10", "--image-size", "0"], "image_size"),
+    (["--until", "10", "--image-size", "0"], "must be between 28 and 2048"),
     (["--until", "10", "--engine-kwargs", "[1]"], "JSON object"),
     (["--until", "10", "--concurrency", "x"], "expected a whole number"),
     ([], "--until is required"),
