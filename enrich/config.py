@@ -13,9 +13,8 @@ import hashlib
 import json
 import logging
 import os
-import re
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -130,34 +129,40 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         if self.until < 0:
-            raise UsageError(f"--until must be >= 0, got {self.until}")
+            raise self._invalid("until", f"--until must be >= 0, got {self.until}")
         if self.engine not in ENGINES:
-            raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+            raise self._invalid("engine", f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if not 28 <= self.image_size <= 2048:
-            raise UsageError(f"--image-size must be between 28 and 2048, got {self.image_size}")
+            raise self._invalid("image_size", f"--image-size must be between 28 and 2048, got {self.image_size}")
         if self.replicas_per_gpu < 0:
-            raise UsageError(f"--replicas-per-gpu must be >= 1, got {self.replicas_per_gpu}")
+            raise self._invalid("replicas_per_gpu", f"--replicas-per-gpu must be >= 1, got {self.replicas_per_gpu}")
         if self.render_processes < -1:
-            raise UsageError(f"--render-processes must be >= 0, got {self.render_processes}")
+            raise self._invalid("render_processes", f"--render-processes must be >= 0, got {self.render_processes}")
         if self.batch_size < 0:
-            raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
+            raise self._invalid("batch_size", f"--batch-size must be >= 1, got {self.batch_size}")
         for name in ("concurrency", "commit_every", "max_tokens", "max_model_len"):
             if getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+                raise self._invalid(name, f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.gpu_wait_s < 0:
-            raise UsageError("--gpu-wait must be >= 0")
+            raise self._invalid("gpu_wait_s", "--gpu-wait must be >= 0")
         if self.dry_run_ms_per_image < 0:
-            raise UsageError("--dry-run-ms-per-image must be >= 0")
+            raise self._invalid("dry_run_ms_per_image", "--dry-run-ms-per-image must be >= 0")
         if self.commit_seconds <= 0:
-            raise UsageError("--commit-seconds must be > 0")
+            raise self._invalid("commit_seconds", "--commit-seconds must be > 0")
         if self.lock_ttl < 10:
-            raise UsageError(f"--lock-ttl must be >= 10 (seconds), got {self.lock_ttl:g}")
+            raise self._invalid("lock_ttl", f"--lock-ttl must be >= 10 (seconds), got {self.lock_ttl:g}")
         if not 0.0 <= self.temperature <= 2.0:
-            raise UsageError(f"--temperature must be between 0 and 2, got {self.temperature}")
+            raise self._invalid("temperature", f"--temperature must be between 0 and 2, got {self.temperature}")
         if not self.source.strip():
-            raise UsageError("--source must not be empty")
+            raise self._invalid("source", "--source must not be empty")
         if not self.table.strip():
-            raise UsageError("--table must not be empty")
+            raise self._invalid("table", "--table must not be empty")
+
+    def _invalid(self, name: str, message: str) -> UsageError:
+        """A bad value's error; one that came from the environment or the settings file says
+        where it came from (a flag's error names the flag already)."""
+        origin = self.origins.get(name, "flag")
+        return UsageError(message if origin in ("flag", "default") else f"{message} (set by {origin})")
 
     @property
     def caption(self) -> CaptionConfig:
@@ -237,12 +242,25 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
             return parsed
     except (TypeError, ValueError, json.JSONDecodeError):
         raise UsageError(f"{origin}: {_FLAG_OF.get(name, name)} = {value!r} is not "
-                         f"{_KIND_WORDS.get(str(kind), 'valid')}") from None
+                         f"{_KINDS[str(kind)][1] if str(kind) in _KINDS else 'valid'}") from None
     return str(value)
 
 
-_KIND_WORDS = {"int": "a whole number", "int | None": "a whole number", "float": "a number",
-               "Mapping[str, Any]": "a JSON object"}
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# Per field type (as the dataclass spells it): what a value given in Python must be, and how
+# an error names that type. Types not listed are not checked here.
+_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "int": (_is_int, "a whole number"),
+    "int | None": (_is_int, "a whole number"),
+    "float": (lambda v: _is_int(v) or isinstance(v, float), "a number"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "str | None": (lambda v: isinstance(v, str), "a string"),
+    "EngineName": (lambda v: isinstance(v, str), "a string"),
+    "Mapping[str, Any]": (lambda v: isinstance(v, Mapping), "a JSON object"),
+}
 
 
 def load_config_file(path: str | Path | None = None, *, cwd: Path | None = None) -> tuple[dict[str, Any], str]:
@@ -289,10 +307,7 @@ def resolve(
     values, origins = _layered(_FIELDS, flags, env, config_file, cwd)
     if "until" not in values:
         raise UsageError("--until is required (the number of source rows to cover)")
-    try:
-        return RunConfig(**values, origins=origins)
-    except UsageError as exc:
-        raise UsageError(_with_origin(str(exc), origins)) from None
+    return RunConfig(**values, origins=origins)
 
 
 # Settings whose field name is not the flag's (--gpu-wait sets gpu_wait_s): the flag's name is
@@ -301,29 +316,12 @@ ALIASES = {"gpu_wait": "gpu_wait_s"}
 _FLAG_OF = {v: k for k, v in ALIASES.items()}
 
 
-def _with_origin(message: str, origins: Mapping[str, str]) -> str:
-    """A bad value that came from the environment or the settings file says where it came from
-    (a flag's error names the flag already)."""
-    m = re.match(r"--([a-z-]+)", message)
-    name = m.group(1).replace("-", "_") if m else ""
-    origin = origins.get(ALIASES.get(name, name), "flag")
-    return message if origin in ("flag", "default") else f"{message} (set by {origin})"
-
-
 def _check_type(name: str, value: Any) -> None:
     """Settings given as values (the Python API) have the field's type: ``until="10"`` is an
     error in one line, not a TypeError from deep inside."""
-    kind = _FIELDS[name].type
-    ok = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-          "int | None": lambda v: isinstance(v, int) and not isinstance(v, bool),
-          "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-          "str": lambda v: isinstance(v, str), "str | None": lambda v: isinstance(v, str),
-          "EngineName": lambda v: isinstance(v, str),
-          "Mapping[str, Any]": lambda v: isinstance(v, Mapping)}.get(str(kind))
-    if ok is not None and not ok(value):
-        want = {"int": "a whole number", "int | None": "a whole number", "float": "a number",
-                "Mapping[str, Any]": "a mapping"}.get(str(kind), "a string")
-        raise UsageError(f"{_FLAG_OF.get(name, name)}={value!r}: expected {want}, got "
+    kind = _KINDS.get(str(_FIELDS[name].type))
+    if kind is not None and not kind[0](value):
+        raise UsageError(f"{_FLAG_OF.get(name, name)}={value!r}: expected {kind[1]}, got "
                          f"{type(value).__name__}")
 
 

@@ -6,6 +6,7 @@ positions, outcome). It is never used to decide what is done: the Delta log is t
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import json
@@ -89,14 +90,26 @@ def table_dir(checkpoint_dir: str, table_uri: str) -> Path:
     return Path(checkpoint_dir) / f"{name}-{digest}"
 
 
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``path`` whole or not at all: a temporary file beside it, synced and renamed over
+    it, and removed if anything fails on the way (nothing half-written is left behind)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".enrich-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True, default=str)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 class Journal:
@@ -108,6 +121,7 @@ class Journal:
         self.path = self.dir / f"{run_id}.json"
         self.engine_dir = str(self.dir / f"{run_id}.engine")
         self.started = time.time() if started is None else started  # the run's start: one rate
+        self.owner = process_token()  # the writing process, read once: status tells a dead one
 
     def check_writable(self) -> None:
         """Refuse, in one line and before Ray starts, a --checkpoint-dir that cannot be written."""
@@ -134,7 +148,7 @@ class Journal:
             "run_id": self.run_id,
             "outcome": outcome.value,
             "error": error,
-            **process_token(),
+            **self.owner,
             "started_at": self.started,
             "ended_at": None if outcome == Outcome.RUNNING else now,
             "seconds": seconds,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import dataclasses
 import html
 import io
@@ -16,7 +15,6 @@ import json
 import os
 import random
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -26,7 +24,7 @@ import pyarrow as pa
 from enrich.args import Parser, nonneg_float, pos_int
 from enrich.config import resolve_settings, storage_options_from_env
 from enrich.errors import EnrichError, RunLockedError, TableError, UsageError, cannot_write, one_line
-from enrich.journal import Outcome, read_journals, shown_outcome
+from enrich.journal import Outcome, read_journals, shown_outcome, write_text_atomic
 from enrich.schemas import STATUSES
 from enrich.sink import CaptionsTable
 
@@ -249,21 +247,6 @@ def gallery(argv: Sequence[str]) -> int:
         why = f"; no thumbnails from {source!r}{more}: {reason}"
     print(f"enrich gallery: {len(rows)} rows ({n_thumbs} thumbnails{why}) -> {args.out}")
     return 0
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    """Write ``path`` whole or not at all: a temporary file beside it, renamed over it, and
-    removed if anything fails on the way."""
-    fd, tmp = tempfile.mkstemp(prefix=".enrich-", suffix=".tmp",
-                               dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _sample_rows(table: CaptionsTable, k: int, statuses: list[str] | None, max_shards: int,
