@@ -95,7 +95,7 @@ def test_a_wide_terminal_gets_the_bar_and_every_part() -> None:
 
 
 def test_the_eta_counts_from_the_captioning_rate_not_the_start_up() -> None:
-    # 250 rows in the 4 s since the first came back: 62.5 rows/s, 744 left -> 12 s; the rate
+    # 250 rows in the 4 s since the first came back: 62.5 rows/s, 744 left -> 11.9 s; the rate
     # since the start (18.3 rows/s) would say 41 s
     assert _mid_run().eta(now=1014.0) == "ETA 0:11"
     early = _mid_run()
