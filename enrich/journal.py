@@ -122,12 +122,17 @@ class Journal:
         self.engine_dir = str(self.dir / f"{run_id}.engine")
         self.started = time.time() if started is None else started  # the run's start: one rate
         self.owner = process_token()  # the writing process, read once: status tells a dead one
+        self._existed = self._nearest_existing(self.dir)  # folders above it are not ours to remove
+
+    @staticmethod
+    def _nearest_existing(folder: Path) -> Path:
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        return folder
 
     def check_writable(self) -> None:
         """Refuse, in one line and before Ray starts, a --checkpoint-dir that cannot be written."""
-        folder = self.dir
-        while not folder.exists() and folder != folder.parent:
-            folder = folder.parent  # the nearest folder that exists: nothing is created here
+        folder = self._nearest_existing(self.dir)  # nothing is created here
         why = cannot_write(str(folder))  # a file in the way: NotADirectoryError
         if why:
             raise UsageError(f"--checkpoint-dir {self.cfg.checkpoint_dir!r}: cannot write run "
@@ -165,6 +170,20 @@ class Journal:
             "milestones": None if result is None else result.milestones,
         }
         write_json_atomic(self.path, data)
+
+
+    def discard(self) -> None:
+        """Remove this run's journal and the folders its first write created: a run refused as a
+        usage error before it read a row leaves nothing behind (as a bad flag does)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        folder = self.dir
+        while folder != self._existed and folder.is_relative_to(self._existed):
+            try:
+                folder.rmdir()  # only if empty: another run's journal keeps it
+            except OSError:
+                return
+            folder = folder.parent
 
 
 def read_journals(checkpoint_dir: str, table_uri: str) -> list[dict[str, Any]]:

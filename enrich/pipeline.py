@@ -21,7 +21,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -36,7 +36,7 @@ from enrich.feeder import MAX_RANGE_BLOCKS, FetchChunks, Handoff
 from enrich.journal import Journal, Outcome
 from enrich.plan import Plan, make_plan
 from enrich.progress import Counts, Flow, Reporter
-from enrich.reader import CHUNK_ROWS, Chunk, Reader
+from enrich.reader import CHUNK_ROWS, Chunk, Reader, chunk_rows_for
 from enrich.sink import CaptionsTable
 from enrich.skip import SkipIndex
 from enrich.source import Shard, connect_error, list_shards
@@ -179,6 +179,17 @@ class RunContext:
     counts: Counts = field(default_factory=Counts)
     flow: Flow = field(default_factory=Flow)
 
+    def parallel(self) -> int:
+        """Read tasks at most at once: the cluster's CPUs."""
+        import ray
+
+        return max(1, int(ray.cluster_resources().get("CPU", 2)))
+
+    def chunk_rows(self, plan: Plan) -> int:
+        """Source rows per chunk for what this run covers."""
+        return chunk_rows_for(max(0, self.cfg.until - plan.progress.next_index) + plan.failed_to_retry,
+                              self.cfg.engine_batch_size)
+
     def result(self, outcome: Outcome, plan: Plan) -> RunResult:
         """A run that captioned nothing."""
         return RunResult(self.run_id, self.counts, 0, 0, time.time() - self.started, 0, outcome,
@@ -221,7 +232,10 @@ def run(cfg: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
             journal.write(Outcome.INTERRUPTED, run.counts)
             raise
         except BaseException as exc:
-            journal.write(Outcome.FAILED, run.counts, error=f"{type(exc).__name__}: {exc}")
+            if isinstance(exc, UsageError) and not run.counts.total:
+                journal.discard()  # refused before a row was read (no GPU): nothing left behind
+            else:
+                journal.write(Outcome.FAILED, run.counts, error=f"{type(exc).__name__}: {exc}")
             raise
         journal.write(result.outcome, run.counts, result)
         return result
@@ -244,12 +258,10 @@ def _run_locked(run: RunContext, journal: Journal, engine: Engine,
     if plan.nothing_to_do:
         return run.result(Outcome.NOTHING_TO_DO, plan)
     skip = SkipIndex.from_arrow(run.table.captioned_hashes(plan.caption_config))
-    import ray
-
     reader = Reader(shards, plan.progress, cfg.until, skip, plan.retry_rows,
                     read_cpus=engine.read_cpus(), image_size=cfg.image_size,
-                    batch_rows=cfg.engine_batch_size,
-                    parallel=int(ray.cluster_resources().get("CPU", 2)),  # the cluster's CPUs
+                    chunk_rows=run.chunk_rows(plan),
+                    parallel=run.parallel(),
                     # Only remote sources need the driver's settings; forwarding them costs a
                     # worker pool of their own (a runtime_env), i.e. seconds of start-up.
                     env=source_env_from_env() if any(s.remote for s in shards) else None)
@@ -257,13 +269,13 @@ def _run_locked(run: RunContext, journal: Journal, engine: Engine,
     first = next(chunks, None)
     if first is None:
         return run.result(Outcome.EXHAUSTED, plan)
-    result = _execute(run, plan, engine, reader, first, chunks)
+    result = _execute(run, plan, engine, first, chunks)
     result.milestones["ray_started_s"] = ray_started_s
     return result
 
 
-def _execute(run: RunContext, plan: Plan, engine: Engine, reader: Reader, first: Chunk,
-             chunks: Iterator[Chunk]) -> RunResult:
+def _execute(run: RunContext, plan: Plan, engine: Engine, first: Chunk,
+             chunks: Generator[Chunk, None, bool]) -> RunResult:
     """The streaming pipeline from the first chunk to the last commit."""
     cfg, table, counts, flow, reporter = run.cfg, run.table, run.counts, run.flow, run.reporter
     run_id, started = run.run_id, run.started
@@ -272,17 +284,17 @@ def _execute(run: RunContext, plan: Plan, engine: Engine, reader: Reader, first:
 
     _configure_data_context()
 
-    retry_n = plan.failed_to_retry
-    # every chunk but the last of each stream holds reader.chunk_rows source rows
-    n_chunks = math.ceil(retry_n / reader.chunk_rows) + math.ceil(
-        max(0, cfg.until - plan.progress.next_index) / reader.chunk_rows) + 2
+    chunk_rows = run.chunk_rows(plan)
+    # every chunk but the last of each stream holds chunk_rows source rows
+    n_chunks = math.ceil(plan.failed_to_retry / chunk_rows) + math.ceil(
+        max(0, cfg.until - plan.progress.next_index) / chunk_rows) + 2
     per_block = max(1, math.ceil(n_chunks / MAX_RANGE_BLOCKS))
     handoff = Handoff(f"enrich-feeder-{run_id}",
-                      chunks_in_flight(cfg, reader.parallel, engine.batches_in_flight, reader.chunk_rows),
-                      first, chunks, reader, flow)
-    committer = Committer(cfg, table, plan, reader, run_id, counts)
+                      chunks_in_flight(cfg, run.parallel(), engine.batches_in_flight, chunk_rows),
+                      first, chunks, flow)
+    committer = Committer(cfg, table, plan, run_id, counts)
     milestones: dict[str, Any] = {}
-    retry_indices = set(reader.retry_rows.column("source_index").to_pylist())
+    retry_indices = set(plan.retry_rows.column("source_index").to_pylist())
 
     # The chunk numbers, as blocks made here rather than by read tasks: `ray.data.range` runs
     # read tasks of 1 CPU each, which cannot start once the engine's actors hold the CPUs.
@@ -308,15 +320,16 @@ def _execute(run: RunContext, plan: Plan, engine: Engine, reader: Reader, first:
                 index = batch.column("source_index")
                 milestones["first_rows_back_s"] = round(time.time() - started, 1)
                 milestones["first_rows_back"] = f"{index[0]}..{index[-1]}"
-            committer.take_duplicates(handoff.take_duplicates())
+            committer.take(handoff.take_decided())  # the batch's rows' metadata is in it
             committer.accept(batch, retry_indices)
             handoff.received(batch.num_rows)
             committer.maybe_commit()
             flow.committed = committer.committed
             reporter.update(counts)
-        handoff.finish()  # a source that failed mid-run: its error, once the rows before it are in
-        committer.take_duplicates(handoff.take_duplicates())
-        committer.maybe_commit(final=True)
+        # a source that failed mid-run: its error, once the rows before it are in
+        exhausted = handoff.finish()
+        committer.take(handoff.take_decided())
+        committer.maybe_commit(final=True, exhausted=exhausted)
         flow.committed = committer.committed
     finally:
         handoff.close()
