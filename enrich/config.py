@@ -331,9 +331,9 @@ def resolve_settings(names: Sequence[str], flags: Mapping[str, Any] | None = Non
     """Some settings alone (``enrich status``/``sql``/``compact``/``gallery``: the table, the
     checkpoint folder, the lock's time to live), by the same precedence as a run: flags >
     ``ENRICH_*`` > config file > RunConfig's defaults."""
-    values, _ = _layered(names, flags or {}, env, config_file, cwd)
-    defaults = RunConfig(until=0)
-    return {n: values[n] if n in values else getattr(defaults, n) for n in names}
+    values, origins = _layered(names, flags or {}, env, config_file, cwd)
+    cfg = RunConfig(until=0, **values, origins=origins)  # validated as a run's settings are
+    return {n: getattr(cfg, n) for n in names}
 
 
 def _layered(names: Iterable[str], flags: Mapping[str, Any], env: Mapping[str, str] | None,

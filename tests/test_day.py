@@ -171,3 +171,19 @@ def test_until_0_and_version(tmp_path: Path) -> None:
     assert res.returncode == 0 and "covers no rows of" in res.stderr and "0..-1" not in res.stderr
     res = cli("--version")
     assert res.returncode == 0 and res.stdout.strip() == f"enrich {enrich.__version__}"
+
+
+@pytest.mark.parametrize("args,env,message", [
+    (["--lock-ttl", "0"], {}, "--lock-ttl must be >= 10 (seconds), got 0"),
+    ([], {"ENRICH_LOCK_TTL": "3"}, "--lock-ttl must be >= 10 (seconds), got 3 (set by env ENRICH_LOCK_TTL)"),
+])
+def test_ops_settings_are_validated_as_a_runs(args: list[str], env: dict[str, str], message: str,
+                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """``compact --lock-ttl 0`` was accepted, and its lease renewer then spun on wait(0): the
+    operations commands take their settings through the run's own validation."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)
+    assert main(["compact", "--table", str(tmp_path / "t"), *args]) == 2
+    assert capsys.readouterr().err.strip() == f"enrich: error: {message}"
