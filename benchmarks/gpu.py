@@ -357,21 +357,18 @@ RENDER_SAMPLE = 300
 
 def render_in_processes(cfg: dict[str, Any], jpegs: list[bytes], prompt: str) -> list[Any]:
     """vLLM's input processing of ``jpegs`` in enrich's render processes, all cores but two."""
-    import tempfile
-
     from enrich.engines.vllm_render import ProcessRenderer, engine_config
 
     if not jpegs:
         return []
-    with tempfile.TemporaryDirectory() as tmp:
-        pool = ProcessRenderer(max(1, (os.cpu_count() or 4) - 2), os.path.join(tmp, "config"))
-        try:
-            pool.publish(engine_config(cfg["llm_kwargs"]), cfg["system_prompt"], cfg["prompt"])
-            pool.wait_ready(prompt, timeout_s=600)
-            futures = [pool.submit(j) for j in jpegs]
-            return [pool.load(f.result()) for f in futures]
-        finally:
-            pool.close()
+    pool = ProcessRenderer(max(1, (os.cpu_count() or 4) - 2))
+    try:
+        pool.publish(engine_config(cfg["llm_kwargs"]), cfg["system_prompt"], cfg["prompt"])
+        pool.wait_ready(prompt, timeout_s=600)
+        futures = [pool.submit(j) for j in jpegs]
+        return [pool.load(f.result()) for f in futures]
+    finally:
+        pool.close()
 
 
 def run_bare(k: int, model: str, dummy: bool, prepared: Path, work: Path, accelerator: str,
@@ -474,6 +471,10 @@ def run_enrich(gpus: int, k: int, model: str, dummy: bool, shards: Path, n: int,
            "--concurrency", str(gpus), "--replicas-per-gpu", str(k), "--commit-every", "1000", "--quiet"]
     if render_processes is not None:
         cmd += ["--render-processes", str(render_processes)]
+    if "max_num_seqs" in extra:
+        # rows per engine call to match: with 2 calls in flight per replica, a 512-row batch
+        # would keep at most 1,024 requests in an engine that could run more, less as a call drains
+        cmd += ["--batch-size", str(max(512, int(extra["max_num_seqs"])))]
     with Sampler() as s:
         t0 = time.time()
         # cwd: not the repo root, where `enrich` would be imported from the source folder

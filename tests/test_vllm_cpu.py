@@ -242,6 +242,7 @@ def test_render_processes_hand_the_engine_its_own_requests(tiny_model: Path, ahe
                             render_processes=2, lookahead=8)
     try:
         assert isinstance(replica.renderer, ProcessRenderer)  # started: no fallback to threads
+        assert not os.path.exists(replica.renderer.folder)  # the config hand-off left nothing
         said = capfd.readouterr().err
         assert ("engine config not made ahead (ValueError: no config ahead)" in said) is not ahead
         own = ThreadRenderer(replica.llm, render_prompt(replica.llm.get_tokenizer(),

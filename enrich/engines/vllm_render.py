@@ -155,11 +155,15 @@ class ProcessRenderer:
     replica publishes the engine's config and the prompt (``publish``), so both overlap the
     engine's start-up; ``wait_ready`` then waits for them."""
 
-    def __init__(self, processes: int, config_file: str) -> None:
+    def __init__(self, processes: int) -> None:
         import multiprocessing
+        import tempfile
         from concurrent.futures import ProcessPoolExecutor
 
-        self.config_file = config_file
+        # the hand-off folder is this object's: removed once every process has read the config
+        # (wait_ready) or when the processes are given up (close), never left in /tmp
+        self.folder = tempfile.mkdtemp(prefix="enrich-render-")
+        config_file = self.config_file = os.path.join(self.folder, "engine.pkl")
         self.pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
                                         initializer=_render_process_init,
                                         initargs=(config_file,))
@@ -186,9 +190,16 @@ class ProcessRenderer:
             if theirs != prompt:
                 raise RuntimeError("a render process made another prompt text than the engine's "
                                    f"({theirs[:80]!r} vs {prompt[:80]!r})")
+        self._remove_folder()  # every process has read it
+
+    def _remove_folder(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self._remove_folder()
 
     def submit(self, jpeg: bytes) -> Any:
         return self.pool.submit(_render_in_process, jpeg)

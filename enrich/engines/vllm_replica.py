@@ -213,8 +213,6 @@ class VLLMCaptioner:
     def __init__(self, *, llm_kwargs: dict[str, Any], system_prompt: str, prompt: str,
                  params: dict[str, Any], render_threads: int, render_processes: int,
                  lookahead: int, engine_in_process: bool = False) -> None:
-        import tempfile
-
         t_start = time.time()
         if engine_in_process:
             # vLLM runs its engine core in a process of its own unless told otherwise; in a Ray
@@ -236,8 +234,7 @@ class VLLMCaptioner:
         if render_processes > 0:
             # Started first, and given the engine's config before the engine starts: their
             # imports and their renderer's build overlap the engine's start-up.
-            procs = ProcessRenderer(render_processes,
-                                    os.path.join(tempfile.mkdtemp(prefix="enrich-render-"), "engine.pkl"))
+            procs = ProcessRenderer(render_processes)
         t_imported = time.time()
         if procs is not None:
             try:
