@@ -1,5 +1,10 @@
 """The committer: engine output and the driver's duplicates into table rows, committed as
-contiguous prefixes with the resume position in the same Delta commit."""
+contiguous prefixes with the resume position in the same Delta commit.
+
+A table row is three parts joined on ``source_index``: what the source says of it (the reader's
+metadata, :data:`enrich.reader.SOURCE_COLUMNS`), what the engine or the driver decided
+(:data:`DECIDED_COLUMNS`: every other column of the schema), and the run's constants. A new
+column is its line in ``schemas/captions.json`` plus where its value comes from."""
 
 from __future__ import annotations
 
@@ -14,22 +19,31 @@ import pyarrow as pa
 from enrich.config import RunConfig, enricher_version
 from enrich.plan import Plan
 from enrich.progress import Counts
+from enrich.reader import SOURCE_COLUMNS
 from enrich.schemas import CAPTIONS
 from enrich.sink import CaptionsTable, Progress, run_metadata
 
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from enrich.reader import Reader
+    from enrich.feeder import Decided
+
+# The same for every row a run writes (created_at: when the row is made).
+CONSTANT_COLUMNS = ("source", "model", "caption_config", "run_id", "enricher_version", "created_at")
+# What the engine (or, for duplicates, the driver) says of a row: the schema's other columns.
+DECIDED_COLUMNS = tuple(n for n in CAPTIONS.names
+                        if n not in SOURCE_COLUMNS and n not in CONSTANT_COLUMNS)
 
 
 class Committer:
     """Turns engine output into table rows and commits contiguous prefixes."""
 
-    def __init__(self, cfg: RunConfig, table: CaptionsTable, plan: Plan, reader: Reader,
-                 run_id: str, counts: Counts) -> None:
-        self.cfg, self.table, self.plan, self.reader = cfg, table, plan, reader
+    def __init__(self, cfg: RunConfig, table: CaptionsTable, plan: Plan, run_id: str,
+                 counts: Counts) -> None:
+        self.cfg, self.table, self.plan = cfg, table, plan
         self.run_id, self.counts = run_id, counts
+        self.meta: dict[int, dict[str, Any]] = {}  # SOURCE_COLUMNS of rows not yet written
+        self.exhausted = False  # known at the end (maybe_commit(final=True, exhausted=...))
         self.next_index = plan.progress.next_index
         self.buffer: list[dict[str, Any]] = []
         self.retry_buffer: list[dict[str, Any]] = []
@@ -39,33 +53,27 @@ class Committer:
         self.commits = 0
         self.committed = 0
         self.first_commit_at: float | None = None  # wall time of the first rows committed
-        self.model = cfg.caption.model
         self.caption_config = cfg.caption.id
         self.version = enricher_version()
-
-    def hold(self, dups: list[dict[str, Any]]) -> None:
-        self.held.extend(dups)
+        self.constants = {"source": plan.source, "model": cfg.caption.model,
+                          "caption_config": self.caption_config, "run_id": run_id,
+                          "enricher_version": self.version}
+        assert set(self.constants) | {"created_at"} == set(CONSTANT_COLUMNS)
 
     def _full_row(self, r: dict[str, Any]) -> dict[str, Any]:
-        meta = self.reader.meta.pop(r["source_index"])
-        if r["status"] == "duplicate" and meta.image_hash in self.bad_outcome:
+        row = self.meta.pop(r["source_index"])
+        row.update((name, r.get(name)) for name in DECIDED_COLUMNS)
+        image_hash = row["image_hash"]
+        if row["status"] == "duplicate" and image_hash in self.bad_outcome:
             # Same bytes as an earlier row of this run that was rejected or failed: same outcome.
-            r["status"], r["error"] = self.bad_outcome[meta.image_hash]
-        elif r["status"] in ("rejected", "failed") and meta.image_hash:
-            self.bad_outcome[meta.image_hash] = (r["status"], r.get("error"))
-        self.counts.add(r["status"])
-        return {
-            "source_index": r["source_index"], "source": self.plan.source,
-            "source_shard": meta.shard, "source_key": meta.key, "source_offset": meta.offset,
-            "image_hash": meta.image_hash, "status": r["status"],
-            "caption": r.get("caption") if r["status"] == "captioned" else None,
-            "error": r.get("error"), "model": self.model, "caption_config": self.caption_config,
-            "image_width": r.get("image_width"), "image_height": r.get("image_height"),
-            "num_generated_tokens": r.get("num_generated_tokens"),
-            "caption_truncated": r.get("caption_truncated"), "run_id": self.run_id,
-            "enricher_version": self.version, "created_at": datetime.now(timezone.utc),
-            "source_text": meta.text,
-        }
+            row["status"], row["error"] = self.bad_outcome[image_hash]
+        elif row["status"] in ("rejected", "failed") and image_hash:
+            self.bad_outcome[image_hash] = (row["status"], row["error"])
+        if row["status"] != "captioned":
+            row["caption"] = None
+        self.counts.add(row["status"])
+        row.update(self.constants, created_at=datetime.now(timezone.utc))
+        return row
 
     def _release_held(self, below: int | None) -> None:
         while self.held and (below is None or self.held[0]["source_index"] < below):
@@ -94,11 +102,13 @@ class Committer:
                             caption_config=self.caption_config,
                             caption_config_json=self.cfg.caption.to_json(), enricher_version=self.version)
 
-    def maybe_commit(self, *, final: bool = False) -> None:
+    def maybe_commit(self, *, final: bool = False, exhausted: bool = False) -> None:
         """Commit full slices of ``commit_every`` rows; the rest when ``commit_seconds`` have
-        passed, when none has been committed yet, or at the end (``final``). Until the end, the newest row stays buffered so the
-        final commit always has a row to carry "source exhausted" in its metadata."""
+        passed, when none has been committed yet, or at the end (``final``; ``exhausted``: the
+        source ended before --until). Until the end, the newest row stays buffered so the final
+        commit always has a row to carry "source exhausted" in its metadata."""
         if final:
+            self.exhausted = exhausted
             self._release_held(None)
             self._flush_retry()
         keep = 0 if final else 1
@@ -118,7 +128,7 @@ class Committer:
         if first != self.next_index or last - first + 1 != len(rows):
             raise AssertionError(f"internal error: rows {first}..{last} ({len(rows)}) are not the "
                                  f"contiguous run after {self.next_index}; nothing was committed")
-        at_end = final and not self.buffer and self.reader.exhausted
+        at_end = final and not self.buffer and self.exhausted
         progress = Progress(next_index=last + 1, next_shard=rows[-1]["source_shard"],
                             next_offset=rows[-1]["source_offset"] + 1, exhausted=at_end)
         self.table.append(pa.Table.from_pylist(rows, schema=CAPTIONS), app_id=self.plan.app_id,
@@ -130,11 +140,15 @@ class Committer:
         self.commits += 1
         self.last_commit = time.monotonic()
 
-    def take_duplicates(self, decided: list[tuple[str, list[dict[str, Any]]]]) -> None:
-        """Rows the reader decided itself (duplicates of earlier images): ``retry`` ones replace
-        failed rows, ``main`` ones wait in order for the engine rows around them."""
-        for kind, dups in decided:
+    def take(self, decided: list[Decided]) -> None:
+        """What the driver decided of the chunks sent since the last batch: their rows' source
+        metadata, and the rows it decided itself (duplicates of earlier images): ``retry`` ones
+        replace failed rows, ``main`` ones wait in order for the engine rows around them."""
+        for kind, meta, dups in decided:
+            for piece in meta:
+                self.meta.update(zip(piece.column("source_index").to_pylist(), piece.to_pylist(),
+                                     strict=True))
             if kind == "retry":
                 self.retry_buffer.extend(dups)
             else:
-                self.hold(dups)
+                self.held.extend(dups)

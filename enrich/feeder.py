@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Generator, Iterator
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 
@@ -127,18 +127,31 @@ class FetchChunks:
             yield assemble(ray.get(parts), rows)
 
 
+class Decided(NamedTuple):
+    """What the driver decided of one chunk's rows, for the committer: the source's columns of
+    every row (reader.SOURCE_COLUMNS) and the rows it decided itself (duplicates), which are
+    ``retry`` ones (replacing failed rows) or ``main`` ones."""
+
+    kind: str
+    meta: list[pa.Table]
+    dups: list[dict[str, Any]]
+
+
 class Handoff:
     """The hand-off from the reader to Ray and back to the committer, owned in one place: the
     feeder actor (on the driver's node: losing another node must not lose its chunks), the feed
-    thread that puts the reader's chunks into it, and the ledger of what was sent.
+    thread that puts the reader's chunks into it, the ledger of what was sent, and the queue of
+    what was decided of each chunk (its rows' metadata and duplicates), filled before the chunk
+    goes to Ray so that it is there before any of its rows come back.
 
     The driver thread calls :meth:`received` for each batch it takes from Ray (a chunk is
-    released from the feeder once all its rows are back), :meth:`take_duplicates` for the rows
-    the reader decided itself, and :meth:`finish` at the end (raises the reader's error, if any).
+    released from the feeder once all its rows are back), :meth:`take_decided` before it hands
+    a batch to the committer, and :meth:`finish` at the end (raises the reader's error, if any;
+    returns whether the source ended).
     """
 
-    def __init__(self, name: str, chunks_in_flight: int, first: Any, chunks: Iterator[Any],
-                 reader: Any, flow: Any) -> None:
+    def __init__(self, name: str, chunks_in_flight: int, first: Any,
+                 chunks: Generator[Any, None, bool], flow: Any) -> None:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -146,9 +159,10 @@ class Handoff:
         self.name = name
         self.feeder = make_feeder_class().options(name=name, scheduling_strategy=here).remote(
             chunks_in_flight)
-        self._first, self._chunks, self._reader, self._flow = first, chunks, reader, flow
+        self._first, self._chunks, self._flow = first, chunks, flow
         self._lock = threading.Lock()
-        self._dups: deque[tuple[str, list[dict[str, Any]]]] = deque()  # (kind, rows) in order
+        self._decided: deque[Decided] = deque()  # in chunk order
+        self._exhausted = False  # the source ended before --until (what the reader returned)
         self._sent: deque[tuple[int, int]] = deque()  # (chunk id, rows sent to Ray) in order
         self._received = 0  # rows of the oldest unreleased chunk back so far
         self._error: list[BaseException] = []
@@ -161,16 +175,19 @@ class Handoff:
         j = 0
         try:
             item = self._first
-            while item is not None:
+            while True:
                 rows = item.table()
                 with self._lock:
-                    self._dups.append((item.kind, item.dups))
+                    self._decided.append(Decided(item.kind, item.meta, item.dups))
                     self._sent.append((j, rows.num_rows))
                 call_feeder(self.feeder.put, j, [item.parts, rows])
                 self._flow.read += item.source_rows
                 j += 1
-                item = next(self._chunks, None)
-            self._flow.exhausted = self._reader.exhausted
+                try:
+                    item = next(self._chunks)
+                except StopIteration as end:
+                    self._exhausted = self._flow.exhausted = bool(end.value)
+                    break
         except BaseException as exc:  # noqa: BLE001 - raised in the driver thread by finish()
             self._error.append(exc)
         try:
@@ -189,19 +206,20 @@ class Handoff:
         if done is not None:
             self.feeder.release.remote(done)
 
-    def take_duplicates(self) -> list[tuple[str, list[dict[str, Any]]]]:
-        """The duplicate rows the reader decided since the last call, as (kind, rows) in order:
-        ``retry`` ones replace failed rows, ``main`` ones wait for the engine rows around them."""
+    def take_decided(self) -> list[Decided]:
+        """What was decided of the chunks sent since the last call, in order."""
         with self._lock:
-            out = list(self._dups)
-            self._dups.clear()
+            out = list(self._decided)
+            self._decided.clear()
         return out
 
-    def finish(self) -> None:
-        """After Ray's stream ended: the feed thread is done; its error, if any, is raised."""
+    def finish(self) -> bool:
+        """After Ray's stream ended: the feed thread is done; its error, if any, is raised.
+        Returns whether the source ended before --until."""
         self._thread.join()
         if self._error:
             raise self._error[0]
+        return self._exhausted
 
     def close(self) -> None:
         import ray

@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -20,7 +20,7 @@ from enrich.errors import EnrichError
 from enrich.prepare import PREPARED_SCHEMA, engine_rows, prepare_images
 from enrich.sink import Progress
 from enrich.skip import SkipIndex
-from enrich.source import Shard, read_blocks
+from enrich.source import META_COLUMNS, Shard, read_blocks
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +64,9 @@ CHUNK_SCHEMA = pa.schema([
 ])
 
 
-class RowMeta(NamedTuple):
-    shard: str
-    offset: int
-    key: str
-    image_hash: str | None
-    text: str | None  # the source's own text (source_text)
+# What the source says of each row, as the table's columns: a chunk carries it for all its rows
+# (duplicates too) to the committer, which joins it to what the engine says.
+SOURCE_COLUMNS: tuple[str, ...] = ("source_index", *META_COLUMNS)
 
 
 @dataclass
@@ -78,6 +75,7 @@ class Chunk:
     parts: list[Any] = field(default_factory=list)  # ObjectRefs of image blocks
     rows: list[pa.Table] = field(default_factory=list)  # CHUNK_SCHEMA pieces
     dups: list[dict[str, Any]] = field(default_factory=list)  # held in the driver
+    meta: list[pa.Table] = field(default_factory=list)  # SOURCE_COLUMNS of every row
     source_rows: int = 0
 
     def table(self) -> pa.Table:
@@ -129,10 +127,12 @@ def _ray_get(ref: Any) -> Any:
 
 class Reader:
     """Reads the source from the resume position (and the failed rows to retry, first) through
-    read tasks, and yields :class:`Chunk` s in order."""
+    read tasks, and yields :class:`Chunk` s in order (:meth:`chunks`). Its state is its own:
+    what others need of a chunk travels in the chunk, and whether the source ended is what
+    :meth:`chunks` returns."""
 
     def __init__(self, shards: list[Shard], start: Progress, until: int, skip: SkipIndex,
-                 retry_rows: pa.Table, *, image_size: int, batch_rows: int = CHUNK_ROWS,
+                 retry_rows: pa.Table, *, image_size: int, chunk_rows: int = CHUNK_ROWS,
                  read_cpus: float = 1.0, parallel: int = 2, env: dict[str, str] | None = None) -> None:
         self.shards = shards
         self.image_size = image_size
@@ -141,9 +141,7 @@ class Reader:
         self.skip = skip
         self.retry_rows = retry_rows
         self.parallel = max(1, parallel)
-        self.meta: dict[int, RowMeta] = {}
-        self.chunk_rows = chunk_rows_for(max(0, until - start.next_index) + retry_rows.num_rows,
-                                         batch_rows)
+        self.chunk_rows = chunk_rows
         self.exhausted = False
         self.rows_read = 0
         self.jobs_read = 0
@@ -219,8 +217,8 @@ class Reader:
                              only=frozenset(wanted[n]))
                      for n in sorted(wanted) if n in by_name])
         for meta, images_ref in self._blocks(jobs, lambda: self.parallel, None):
-            names = meta.column("shard").to_pylist()
-            offsets = meta.column("offset").to_pylist()
+            names = meta.column("source_shard").to_pylist()
+            offsets = meta.column("source_offset").to_pylist()
             index = np.array([wanted[n][o] for n, o in zip(names, offsets, strict=True)], np.int64)
             yield index, meta, images_ref
 
@@ -261,9 +259,10 @@ class Reader:
         self.exhausted = not more_files
 
     # ---- decisions ---------------------------------------------------------------------------
-    def chunks(self) -> Iterator[Chunk]:
+    def chunks(self) -> Generator[Chunk, None, bool]:
         """Chunks of ``chunk_rows`` source rows (fewer at the end of a stream; a block may be
-        split between two chunks), retried rows first, then the main stream."""
+        split between two chunks), retried rows first, then the main stream. Returns (as the
+        generator's value) whether the source ended before --until."""
         for kind, blocks in (("retry", self._retry_blocks()), ("main", self._main_blocks())):
             chunk = Chunk(kind)
             for index, meta, images_ref in blocks:
@@ -278,6 +277,7 @@ class Reader:
                         chunk = Chunk(kind)
             if chunk.source_rows:
                 yield chunk
+        return self.exhausted
 
     def _decide(self, chunk: Chunk, index: np.ndarray, meta: pa.Table, images_ref: Any,
                 base: int) -> None:
@@ -295,10 +295,8 @@ class Reader:
         send = ~dup
         self.skip.add_keys(keys[send & has_hash])
         hash_list = hashes.to_pylist()
-        self.meta.update(zip(index.tolist(), map(RowMeta._make, zip(
-            meta.column("shard").to_pylist(), meta.column("offset").to_pylist(),
-            meta.column("key").to_pylist(), hash_list, meta.column("text").to_pylist(),
-            strict=True)), strict=True))
+        chunk.meta.append(meta.select(SOURCE_COLUMNS[1:]).add_column(
+            0, "source_index", pa.array(index, pa.int64())))
         for i in np.flatnonzero(dup).tolist():
             chunk.dups.append({"source_index": int(index[i]), "status": "duplicate",
                                "image_hash": hash_list[i],

@@ -86,7 +86,7 @@ def test_read_blocks_hash_and_split_rows_like_iter_shard(tmp_path: Path) -> None
     rows = [r for m in metas for r in m.to_pylist()]
     want = [(s.shard, s.offset, s.key, s.image) for i, sh in enumerate(shards)
             for s in iter_shard(sh, start=2 if i == 0 else 0)]
-    assert [(r["shard"], r["offset"], r["key"]) for r in rows] == [w[:3] for w in want]
+    assert [(r["source_shard"], r["source_offset"], r["source_key"]) for r in rows] == [w[:3] for w in want]
     images = [img for _, t in blocks for img in t.column("image").to_pylist()]
     assert images == [w[3] for w in want]
     assert [r["image_hash"] for r in rows] == [hashlib.sha256(w[3]).hexdigest() for w in want]
@@ -94,7 +94,7 @@ def test_read_blocks_hash_and_split_rows_like_iter_shard(tmp_path: Path) -> None
     # limit, and retried offsets of one shard
     assert sum(m.num_rows for m, _ in read_blocks(shards, limit=6, block_rows=4)) == 6
     only = list(read_blocks(shards[1:2], only=frozenset({4, 1})))
-    assert [r["offset"] for r in only[0][0].to_pylist()] == [1, 4]
+    assert [r["source_offset"] for r in only[0][0].to_pylist()] == [1, 4]
     # the fetch stage's join: rows 1 and 3 of block 0, row 0 of block 1, with their prepared
     # images (these bytes are no pictures: each is rejected with its own reason)
     import pyarrow as pa
@@ -144,7 +144,7 @@ def test_listed_remote_shards_are_marked_and_downloaded_whole_whatever_their_pat
         return real(shard)
 
     monkeypatch.setattr(source.read, "download", counting)
-    got = [r["key"] for meta, _ in source.read_blocks(shards) for r in meta.to_pylist()]
+    got = [r["source_key"] for meta, _ in source.read_blocks(shards) for r in meta.to_pylist()]
     assert got == [f"k{n}" for n in range(4)] and downloaded == [s.name for s in shards]
 
 

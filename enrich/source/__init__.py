@@ -24,10 +24,10 @@ from enrich.source.naming import (
     split_stream,
     stream_selector,
 )
-from enrich.source.read import IMAGES_SCHEMA, META_SCHEMA, download, iter_shard, read_blocks
+from enrich.source.read import IMAGES_SCHEMA, META_COLUMNS, META_SCHEMA, download, iter_shard, read_blocks
 
 __all__ = [
-    "IMAGES_SCHEMA", "IMAGE_EXTS", "META_SCHEMA", "Sample", "Shard", "connect_error", "download",
+    "IMAGES_SCHEMA", "IMAGE_EXTS", "META_COLUMNS", "META_SCHEMA", "Sample", "Shard", "connect_error", "download",
     "is_hub_dataset", "iter_shard", "list_shards", "looks_like_path", "read_blocks",
     "source_spellings", "split_stream", "stream_selector",
 ]

@@ -17,6 +17,7 @@ from typing import IO
 import pyarrow as pa
 
 from enrich.retry import read_transient
+from enrich.schemas import CAPTIONS
 from enrich.skip import PREFIX
 from enrich.source.access import read_retries, retried_read, unreadable
 from enrich.source.formats import BY_KIND
@@ -81,14 +82,13 @@ def _bytes_opener(data: bytes) -> Callable[[], IO[bytes]]:
     return lambda: io.BytesIO(data)
 
 
+# A block's metadata: the table's own columns for what the source says of each row (named and
+# typed as schemas/captions.json has them), and two the reader uses on the way.
+META_COLUMNS = ("source_shard", "source_offset", "source_key", "image_hash", "source_text")
 META_SCHEMA = pa.schema([
-    pa.field("shard", pa.string()),
-    pa.field("offset", pa.int64()),
-    pa.field("key", pa.string()),
-    pa.field("image_hash", pa.string()),  # sha256 hex; null: no image
-    pa.field("hash16", pa.binary(PREFIX)),  # its first bytes (the skip index's key); zeros if null
+    *(CAPTIONS.field(name) for name in META_COLUMNS),
+    pa.field("hash16", pa.binary(PREFIX)),  # the hash's first bytes (the skip index's key); zeros if null
     pa.field("error", pa.string()),  # a shard-level error marker
-    pa.field("text", pa.string()),  # the source's own text (source_text)
 ])
 IMAGES_SCHEMA = pa.schema([pa.field("image", pa.binary())])
 _NO_HASH = bytes(PREFIX)
@@ -97,13 +97,13 @@ _NO_HASH = bytes(PREFIX)
 def _block(samples: list[Sample]) -> tuple[pa.Table, pa.Table]:
     digests = [None if s.image is None else hashlib.sha256(s.image).digest() for s in samples]
     meta = pa.table({
-        "shard": pa.array([s.shard for s in samples], pa.string()),
-        "offset": pa.array([s.offset for s in samples], pa.int64()),
-        "key": pa.array([s.key for s in samples], pa.string()),
+        "source_shard": pa.array([s.shard for s in samples], pa.string()),
+        "source_offset": pa.array([s.offset for s in samples], pa.int32()),
+        "source_key": pa.array([s.key for s in samples], pa.string()),
         "image_hash": pa.array([d.hex() if d else None for d in digests], pa.string()),
+        "source_text": pa.array([s.text for s in samples], pa.string()),
         "hash16": pa.array([d[:PREFIX] if d else _NO_HASH for d in digests], pa.binary(PREFIX)),
         "error": pa.array([s.error for s in samples], pa.string()),
-        "text": pa.array([s.text for s in samples], pa.string()),
     }, schema=META_SCHEMA)
     return meta, pa.table({"image": pa.array([s.image for s in samples], pa.binary())},
                           schema=IMAGES_SCHEMA)
