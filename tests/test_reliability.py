@@ -310,16 +310,25 @@ def test_hostile_inputs(tmp_path: Path) -> None:
 
 
 # -- 7. bad invocations ------------------------------------------------------------------------
-@pytest.mark.parametrize("args,why", [
-    (["--until", "-1"], "negative --until"),
-    (["--until", "ten"], "non-numeric --until"),
-    (["--until", "5", "--engine", "gpt"], "unknown engine"),
-    (["--until", "5", "--table", "{plain}"], "--table that is a non-Delta directory"),
-    (["--until", "5", "--table", "{other}"], "--table with another schema"),
-    (["--until", "5", "--source", "{nowhere}"], "unreadable source"),
-    (["--until", "5", "--source", "hf://datasets/no/such-dataset"], "unreachable hub source"),
+OFFLINE = {"HF_HUB_OFFLINE": "1"}
+# a hub that does not answer (nothing listens on port 9): the hub's own case, exit 5, not 2
+DEAD_HUB = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_DISABLE_XET": "1"}
+
+
+@pytest.mark.parametrize("args,env,code,why", [
+    (["--until", "-1"], OFFLINE, 2, "negative --until"),
+    (["--until", "ten"], OFFLINE, 2, "non-numeric --until"),
+    (["--until", "5", "--engine", "gpt"], OFFLINE, 2, "unknown engine"),
+    (["--until", "5", "--table", "{plain}"], OFFLINE, 2, "--table that is a non-Delta directory"),
+    (["--until", "5", "--table", "{other}"], OFFLINE, 2, "--table with another schema"),
+    (["--until", "5", "--source", "{nowhere}"], OFFLINE, 2, "unreadable source"),
+    (["--until", "5", "--source", "hf://datasets/no/such-dataset"], OFFLINE, 2,
+     "hub source with HF_HUB_OFFLINE=1"),
+    (["--until", "5", "--source", "hf://datasets/no/such-dataset"], DEAD_HUB, 5,
+     "unreachable hub source"),
 ])
-def test_bad_invocations(args: list[str], why: str, tmp_path: Path) -> None:
+def test_bad_invocations(args: list[str], env: dict[str, str], code: int, why: str,
+                         tmp_path: Path) -> None:
     import pyarrow as pa
     from deltalake import write_deltalake
 
@@ -331,13 +340,12 @@ def test_bad_invocations(args: list[str], why: str, tmp_path: Path) -> None:
     args = [subs.get(a, a) for a in args]
     base = ["--engine", "dry-run", "--source", "sample", "--table", str(tmp_path / "new")]
     before = sorted(str(p) for p in tmp_path.rglob("*"))
-    proc = cli(*base, *args, cwd=tmp_path, timeout=120,
-               env={"HF_HUB_OFFLINE": "1", "HF_HUB_ETAG_TIMEOUT": "2"})
+    proc = cli(*base, *args, cwd=tmp_path, timeout=120, env={**env, "HF_HUB_ETAG_TIMEOUT": "2"})
     after = sorted(str(p) for p in tmp_path.rglob("*"))
     lines = proc.stderr.strip().splitlines()
     record(drill="bad invocation", input=why, exit_code=proc.returncode,
            message=lines[-1] if lines else "", wrote_nothing=before == after)
-    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("enrich: error:"), \
+    assert proc.returncode == code and len(lines) == 1 and lines[0].startswith("enrich: error:"), \
         proc.stderr
     assert before == after
 

@@ -86,7 +86,7 @@ def test_what_is_transient_is_named_once() -> None:
     assert not read_transient(Status(404)) and not read_transient(FileNotFoundError("x"))
     assert not read_transient(ValueError("bad bytes"))
     # s3fs's client (botocore): a store that does not answer is transient, no credentials is not
-    botocore = pytest.importorskip("botocore.exceptions")
+    import botocore.exceptions as botocore  # a test requirement (boto3): never a quiet skip
     assert read_transient(botocore.EndpointConnectionError(endpoint_url="http://127.0.0.1:9"))
     assert read_transient(botocore.ReadTimeoutError(endpoint_url="http://127.0.0.1:9"))
     assert not read_transient(botocore.NoCredentialsError())

@@ -10,13 +10,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import boto3  # test requirements ([test] extra): a missing one is an error, never 7 quiet skips
+import moto.server as moto_server
 import pytest
 
 from tests.conftest import _free_port, cli
 from tests.helpers import said
-
-moto_server = pytest.importorskip("moto.server")
-boto3 = pytest.importorskip("boto3")
 
 
 def _client(endpoint: str) -> Any:

