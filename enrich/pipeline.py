@@ -40,6 +40,7 @@ from enrich.reader import CHUNK_ROWS, Chunk, Reader, chunk_rows_for
 from enrich.sink import CaptionsTable
 from enrich.skip import SkipIndex
 from enrich.source import Shard, connect_error, list_shards
+from enrich.stderr_filter import without_known_ray_lines
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +270,8 @@ def _run_locked(run: RunContext, journal: Journal, engine: Engine,
     first = next(chunks, None)
     if first is None:
         return run.result(Outcome.EXHAUSTED, plan)
-    result = _execute(run, plan, engine, first, chunks)
+    with without_known_ray_lines():  # Ray Data's actors start here, and Ray says so on fd 2
+        result = _execute(run, plan, engine, first, chunks)
     result.milestones["ray_started_s"] = ray_started_s
     return result
 

@@ -187,3 +187,34 @@ def test_ops_settings_are_validated_as_a_runs(args: list[str], env: dict[str, st
     monkeypatch.chdir(tmp_path)
     assert main(["compact", "--table", str(tmp_path / "t"), *args]) == 2
     assert capsys.readouterr().err.strip() == f"enrich: error: {message}"
+
+
+RAY_LINE = ("[2026-12-07 01:01:38,864 E 15748 15748] core_worker.cc:2465: Actor with class name: "
+            "'MapWorker(MapBatches(FetchChunks))' and ID: '7cc33ee6016032b2d29875d101000000' has "
+            "constructor arguments in the object store and max_restarts > 0. If the arguments in the "
+            "object store go out of scope or are lost, the actor restart will fail. See "
+            "https://github.com/ray-project/ray/issues/53727 for more details.\n")
+
+
+def test_rays_known_line_is_kept_off_stderr_and_nothing_else() -> None:
+    """The line Ray's C++ core worker writes to fd 2 when Ray Data starts its actors is dropped;
+    everything else written to fd 2 (by C++ or Python, a live line's \\r included) comes through,
+    in order, and stderr is the terminal's again afterwards."""
+    code = (
+        "import os, sys\n"
+        "from enrich.stderr_filter import without_known_ray_lines\n"
+        "with without_known_ray_lines():\n"
+        "    sys.stderr.write('\\rprogress 1'); sys.stderr.flush()\n"
+        f"    os.write(2, {RAY_LINE.encode()!r})\n"
+        "    os.write(2, b'\\rprogress 2\\n')\n"
+        "print('after', file=sys.stderr)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == b"\rprogress 1\rprogress 2\nafter\n"
+
+
+def test_a_run_prints_no_ray_line(tmp_path: Path, ray_address: str) -> None:
+    res = cli("--until", "64", "--source", "sample", "--engine", "dry-run", "--table",
+              str(tmp_path / "t"), "--ray-address", ray_address, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "core_worker.cc" not in res.stderr and "enrich: completed: 64 rows" in res.stderr
