@@ -21,6 +21,7 @@ from enrich.prepare import PREPARED_SCHEMA, engine_rows, prepare_images
 from enrich.sink import Progress
 from enrich.skip import SkipIndex
 from enrich.source import META_COLUMNS, Shard, read_blocks
+from enrich.source.formats import BY_KIND
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,6 @@ def chunk_rows_for(rows: int, batch_rows: int = CHUNK_ROWS) -> int:
     return divisor or want  # a batch size with no divisor from 64 up: chunks as they come
 
 
-IMAGE_FILES_PER_TASK = CHUNK_ROWS  # an image folder is one row per file: read many files per task
 # Before a shard has been read its size is unknown: a run this short reads one at a time, so
 # that `--until 100` on a hub dataset downloads one shard, not one per core.
 SMALL_RUN_ROWS = 10_000
@@ -188,7 +188,7 @@ class Reader:
     def _jobs(self, shards: list[Shard], start: int) -> Iterator[ReadJob]:
         i = 0
         while i < len(shards):
-            take = IMAGE_FILES_PER_TASK if shards[i].kind == "image" else 1
+            take = BY_KIND[shards[i].kind].files_per_task(CHUNK_ROWS)
             yield ReadJob(tuple(shards[i:i + take]), self.chunk_rows, self.image_size,
                           start=start if i == 0 else 0)
             i += take

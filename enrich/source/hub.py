@@ -8,9 +8,8 @@ from pathlib import PurePosixPath
 
 from enrich.errors import SourceError, SourceUnavailableError, one_line
 from enrich.source.access import listing, opener_fs
-from enrich.source.formats import BY_HUB_MODULE
-from enrich.source.naming import IMAGE_EXTS, Shard
-from enrich.source.parquet import with_columns
+from enrich.source.formats import BY_HUB_MODULE, BY_KIND
+from enrich.source.naming import Shard
 
 # The `datasets` library knows the hub's conventions for a dataset's subsets (configs), splits
 # and file formats (README YAML, folder and file naming); enrich asks it which files make up a
@@ -103,8 +102,9 @@ def list_hub(repo: str, shown: str, image_column: str | None, subset: str | None
         what = f"no split {split!r}" if split else "more than one split and none is 'train'"
         raise SourceError(f"--source {shown!r}: {what}; splits: {', '.join(names) or 'none'} "
                           "(choose one with --split)")
-    urls = [u for u in files[chosen]
-            if kind != "image" or u.rsplit(".", 1)[-1].lower() in IMAGE_EXTS]
+    fmt = BY_KIND[kind]
+    # an image folder's split lists its metadata files too: the format's files only
+    urls = [u for u in files[chosen] if not fmt.file_per_row or fmt.matches(u)]
     if not urls:
         raise SourceError(f"--source {shown!r}: split {chosen!r} has no files")
     from huggingface_hub import HfFileSystem
@@ -113,11 +113,10 @@ def list_hub(repo: str, shown: str, image_column: str | None, subset: str | None
 
     def name(url: str) -> str:  # tar/parquet: the file name (as tables before `datasets` have it)
         in_repo = url.split("@", 1)[-1].split("/", 1)[-1] if "@" in url else PurePosixPath(url).name
-        return in_repo if kind == "image" else PurePosixPath(url).name
+        return in_repo if fmt.file_per_row else PurePosixPath(url).name
 
     paths = [u.removeprefix("hf://") for u in urls]  # HfFileSystem paths
     shards = sorted((Shard(name(u), p, opener_fs(fs, p), remote=True, kind=kind)
                      for u, p in zip(urls, paths, strict=True)), key=lambda s: (s.name, s.url))
-    return with_columns(shards, image_column, shown, text_column) if kind == "parquet" \
-        else shards
+    return fmt.options(shards, image_column, shown, text_column)
 

@@ -11,7 +11,7 @@ from typing import IO, Any
 
 from enrich.errors import SourceError
 from enrich.source.access import listing, opener_fs, opener_local
-from enrich.source.formats import NONE_FOUND, pick_format
+from enrich.source.formats import BY_KIND, NONE_FOUND, pick_format
 from enrich.source.hub import list_hub, probe_hub
 from enrich.source.imagefolder import folder_texts
 from enrich.source.naming import (
@@ -22,7 +22,6 @@ from enrich.source.naming import (
     looks_like_path,
     source_spellings,
 )
-from enrich.source.parquet import with_columns
 
 
 def list_shards(source: str, *, sample_dir: str | None = None, image_column: str | None = None,
@@ -73,14 +72,15 @@ def _shards(found: list[str], *, base: str, shown: str, remote: bool,
     kind, paths = pick_format(found)
     if not paths:
         raise SourceError(f"--source {shown!r}: {NONE_FOUND}")
-    if kind == "image":  # one row per file, named by its path in the folder, in name order
+    fmt = BY_KIND[kind]
+    if fmt.file_per_row:  # one row per file, named by its path in the folder, in name order
         by_key = texts()
         return sorted((Shard(path.relpath(p, base) if base else p, p, open_file(p), remote=remote,
-                             kind="image", text=by_key.get(text_key(p))) for p in paths),
+                             kind=kind, text=by_key.get(text_key(p))) for p in paths),
                       key=lambda s: (s.name, s.url))
     paths.sort(key=lambda p: (path.basename(p), p))
     shards = [Shard(path.basename(p), p, open_file(p), remote=remote, kind=kind) for p in paths]
-    return with_columns(shards, image_column, shown, text_column) if kind == "parquet" else shards
+    return fmt.options(shards, image_column, shown, text_column)
 
 
 def _list_fsspec(url: str, shown: str | None = None, image_column: str | None = None,

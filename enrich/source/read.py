@@ -47,13 +47,8 @@ def iter_shard(shard: Shard, *, start: int = 0) -> Iterator[Sample]:
                 log.warning("shard %s is empty", shard.name)
                 return
             if exc.count >= done:  # not yet reported by the run being resumed
-                if shard.kind == "tar":
-                    what = "not a tar file" if exc.count == 0 else f"truncated tar after {exc.count} samples"
-                else:
-                    what = f"not a readable {shard.kind} file" if exc.count == 0 else \
-                        f"{shard.kind} file broken after {exc.count} {fmt.unit}"
                 yield Sample(shard.name, exc.count, "", None, None,
-                             error=f"shard error: {shard.name}: {what} ({exc})")
+                             error=f"shard error: {shard.name}: {fmt.broken(exc.count)} ({exc})")
             return
         except Exception as exc:
             if not read_transient(exc):
