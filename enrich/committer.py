@@ -35,6 +35,14 @@ DECIDED_COLUMNS = tuple(n for n in CAPTIONS.names
                         if n not in SOURCE_COLUMNS and n not in CONSTANT_COLUMNS)
 
 
+def split_error(text: str) -> tuple[str, str | None]:
+    """A row's error as (reason, particulars): every error enrich makes reads "reason: particulars"
+    ("corrupt image data: image file is truncated (19 bytes not processed)"), the reason being
+    one of a few fixed phrases, so that GROUP BY error counts reasons, not byte counts."""
+    reason, _, detail = text.partition(": ")
+    return reason, detail or None
+
+
 class Committer:
     """Turns engine output into table rows and commits contiguous prefixes."""
 
@@ -71,6 +79,8 @@ class Committer:
             self.bad_outcome[image_hash] = (row["status"], row["error"])
         if row["status"] != "captioned":
             row["caption"] = None
+        if row["error"]:
+            row["error"], row["error_detail"] = split_error(row["error"])
         self.counts.add(row["status"])
         row.update(self.constants, created_at=datetime.now(timezone.utc))
         return row

@@ -351,7 +351,8 @@ def render_gallery(rows: list[dict[str, Any]], thumbs: dict[tuple[str, str, int]
             f'<b class="status">{html.escape(r["status"])}</b> #{r["source_index"]} '
             f'<span class=muted>{html.escape(r["source_shard"])}/{html.escape(r["source_key"])}</span>'
             f'<p class="caption">{html.escape(r.get("caption") or "")}</p>'
-            + (f'<p class="error">{html.escape(r["error"])}</p>' if r.get("error") else "")
+            + (f'<p class="error">{html.escape(": ".join(filter(None, (r["error"], r.get("error_detail")))))}'
+               '</p>' if r.get("error") else "")
             + f'<p class=muted>{html.escape(r["model"])} · {tokens if tokens is not None else "-"} '
             f'tokens{cut}</p></figcaption></figure>')
     return f"""<!doctype html>

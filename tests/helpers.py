@@ -27,6 +27,11 @@ def outcome(uri: str, *, caption_config: str | None = None) -> dict[int, tuple[A
     return out
 
 
+def error_text(row: dict[str, Any]) -> str:
+    """A table row's error whole: its reason and its particulars (error, error_detail)."""
+    return ": ".join(filter(None, (row.get("error"), row.get("error_detail"))))
+
+
 def write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
     """A tar shard with these (name, bytes) members, in this order."""
     with tarfile.open(path, "w") as tar:

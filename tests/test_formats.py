@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import cli
-from tests.helpers import outcome, read_table, said
+from tests.helpers import error_text, outcome, read_table, said
 from tests.test_kill_resume import kill_after
 
 
@@ -149,7 +149,7 @@ def test_a_column_of_image_paths_is_read_by_path(tmp_path: Path, ray_address: st
     assert [r["status"] for r in got] == ["captioned", "captioned", "rejected", "captioned"]
     assert [r["image_hash"] for r in got if r["status"] == "captioned"] == [
         hashlib.sha256(b).hexdigest() for b in jpegs]
-    assert "img/gone.jpg" in got[2]["error"] and "FileNotFoundError" in got[2]["error"]
+    assert "img/gone.jpg" in error_text(got[2]) and "FileNotFoundError" in error_text(got[2])
     # a column that holds neither bytes nor paths: one line, exit 2, nothing written
     res = cli(*args(d, tmp_path / "t2", 4, ray_address, "--image-column", "n"))
     assert res.returncode == 2, res.stderr

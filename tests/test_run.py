@@ -68,8 +68,13 @@ def test_statuses_duplicates_and_rejections(shards: Path, tmp_path: Path) -> Non
         assert r["image_hash"] in captioned_hashes
         assert min(x["source_index"] for x in by_status["captioned"]
                    if x["image_hash"] == r["image_hash"]) < r["source_index"]
-    reasons = {r["error"].split(":")[0] for r in by_status["rejected"]}
+    # the error column holds the reason alone (GROUP BY error counts reasons), the particulars
+    # (PIL's byte counts) are in error_detail
+    reasons = {r["error"] for r in by_status["rejected"]}
     assert reasons <= {"zero-byte image", "corrupt image data", "not an image"}, reasons
+    assert all(r["error_detail"] and "truncated" in r["error_detail"]
+               for r in by_status["rejected"] if r["error"] == "corrupt image data")
+    assert {r["error"] for r in by_status["duplicate"]} == {"duplicate image"}
     assert all(r["image_width"] is None for r in by_status["rejected"]
                if r["error"].startswith(("zero-byte", "not an image")))
     assert all(r["caption"].startswith("dry-run: mean RGB") for r in by_status["captioned"])
@@ -96,7 +101,8 @@ def test_failed_rows_are_retried_and_replaced(shards: Path, tmp_path: Path,
     assert {3, 5} <= failed and first.counts.by_status["failed"] == len(failed)
     # a later copy of a failed image shares its outcome (and is retried with it)
     assert all(rows[i]["image_hash"] in {rows[3]["image_hash"], rows[5]["image_hash"]} for i in failed)
-    assert rows[3]["status"] == "failed" and "injected" in rows[3]["error"]
+    assert rows[3]["status"] == "failed" and rows[3]["error"] == "engine error"
+    assert "injected" in rows[3]["error_detail"]
     second = _run(_cfg(shards, tmp_path, 30))
     assert second.plan.failed_to_retry == len(failed)
     after = outcome(str(tmp_path / "t"))
@@ -130,9 +136,13 @@ def test_the_schema_only_grows(tmp_path: Path) -> None:
     write adds them); a column removed, renamed or retyped is refused, named."""
     from enrich.schemas import CAPTIONS
 
-    base = CAPTIONS.remove(CAPTIONS.get_field_index("source_text"))
+    # the release's tables (before source_text and error_detail), and one before error_detail
+    base = pa.schema([f for f in CAPTIONS if f.name not in ("source_text", "error_detail")])
     write_deltalake(str(tmp_path / "old"), base.empty_table())
-    assert CaptionsTable(str(tmp_path / "old"))._grow == ["source_text"]
+    assert CaptionsTable(str(tmp_path / "old"))._grow == ["source_text", "error_detail"]
+    write_deltalake(str(tmp_path / "older"), CAPTIONS.remove(CAPTIONS.get_field_index("error_detail"))
+                    .empty_table())
+    assert CaptionsTable(str(tmp_path / "older"))._grow == ["error_detail"]
     renamed = base.set(base.get_field_index("caption"), pa.field("text", pa.string()))
     write_deltalake(str(tmp_path / "renamed"), renamed.empty_table())
     with pytest.raises(TableError, match=r"columns enrich does not write \(removed or renamed\?\): text"):

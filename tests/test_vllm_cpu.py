@@ -146,8 +146,8 @@ def test_engine_failure_becomes_failed_rows_then_retried(tiny_model: Path, tmp_p
     first = rows_by_index(table)
     failed = [r for r in first.values() if r["status"] == "failed"]
     assert failed and all(r["status"] in ("failed", "rejected", "duplicate") for r in first.values())
-    assert all("VLLMValidationError" in r["error"] and "maximum context length" in r["error"]
-               for r in failed)
+    assert all(r["error"] == "engine error" and "VLLMValidationError" in r["error_detail"]
+               and "maximum context length" in r["error_detail"] for r in failed)
     res = cli("--until", str(until), *vllm_args(tiny_model, table, tmp_path), "--ray-address",
               ray_address, timeout=600)
     assert res.returncode == 0, said(res.stderr)
