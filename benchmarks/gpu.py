@@ -357,7 +357,8 @@ RENDER_SAMPLE = 300
 
 def render_in_processes(cfg: dict[str, Any], jpegs: list[bytes], prompt: str) -> list[Any]:
     """vLLM's input processing of ``jpegs`` in enrich's render processes, all cores but two."""
-    from enrich.engines.vllm_render import ProcessRenderer, engine_config
+    from enrich.engines.vllm_compat import engine_config
+    from enrich.engines.vllm_render import ProcessRenderer
 
     if not jpegs:
         return []

@@ -3,7 +3,7 @@ processor, the tokenizer), beside its engine: :class:`ProcessRenderer` in spawne
 GPU default: each has its own GIL), :class:`ThreadRenderer` in threads (the CPU backend, where
 the model is the bound). Both hand back what the engine's ``add_request`` takes. Also the prompt
 every row shares (:func:`render_prompt`, pure) and the engine config a replica's renderers are
-built from before its engine exists (:func:`engine_config`)."""
+built from before its engine exists (vllm_compat.engine_config)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pickle
 import time
 from typing import Any
 
+from enrich.engines.vllm_compat import make_renderer, render_in_llm, render_with
 from enrich.errors import UsageError
 
 
@@ -36,18 +37,6 @@ def render_prompt(tokenizer: Any, system_prompt: str, prompt: str) -> str:
         raise UsageError(f"the model's chat template did not place one image ({IMAGE_PLACEHOLDER}) "
                          "in the prompt: --engine vllm supports Qwen2-VL-family models")
     return str(text)
-
-
-def engine_config(llm_kwargs: dict[str, Any]) -> Any:
-    """The config ``vllm.LLM(**llm_kwargs)`` builds for its engine (the same arguments and usage
-    context, ``LLM``'s own default for the stats logging), made before the engine starts, so the
-    render processes build their renderer while it does. The tests check that requests rendered
-    from it equal the replica's own."""
-    from vllm.engine.arg_utils import EngineArgs
-    from vllm.usage.usage_lib import UsageContext
-
-    args = EngineArgs(**{"disable_log_stats": True, **llm_kwargs})
-    return args.create_engine_config(UsageContext.LLM_CLASS)
 
 
 class Unreadable(ValueError):
@@ -79,8 +68,7 @@ class ThreadRenderer:
         return self.pool.submit(self._render, jpeg)
 
     def _render(self, jpeg: bytes) -> Any:
-        return self.llm._preprocess_cmpl_one(
-            {"prompt": self.prompt, "multi_modal_data": {"image": _decode(jpeg)}}, None)
+        return render_in_llm(self.llm, self.prompt, _decode(jpeg))
 
     @staticmethod
     def load(result: Any) -> Any:
@@ -112,12 +100,11 @@ def _render_process_init(config_file: str) -> None:
             raise SystemExit(0)
         time.sleep(CONFIG_POLL_S)
     from PIL import Image
-    from vllm.renderers import renderer_from_config
 
     with open(config_file, "rb") as f:
         config, system_prompt, prompt = pickle.load(f)
-    renderer = renderer_from_config(config)
-    _PROCESS.update(model_config=config.model_config, renderer=renderer,
+    renderer = make_renderer(config)
+    _PROCESS.update(config=config, renderer=renderer,
                     prompt=render_prompt(renderer.get_tokenizer(), system_prompt, prompt))
     _render(Image.new("RGB", (224, 224)))
 
@@ -128,15 +115,8 @@ def _render_process_ready() -> str:
 
 
 def _render(image: Any) -> Any:
-    """What ``LLM._preprocess_cmpl_one`` does for one prompt (vLLM 0.24–0.29: parse the prompt,
-    ``render_cmpl`` with the default tokenization), on this process's renderer."""
-    from vllm.renderers.inputs.preprocess import parse_model_prompt
-
-    renderer = _PROCESS["renderer"]
-    prompt = parse_model_prompt(_PROCESS["model_config"], {
-        "prompt": _PROCESS["prompt"], "multi_modal_data": {"image": image}})
-    (engine_input,) = renderer.render_cmpl([prompt], renderer.default_cmpl_tok_params)
-    return engine_input
+    """One row's engine input, on this process's renderer."""
+    return render_with(_PROCESS["renderer"], _PROCESS["config"], _PROCESS["prompt"], image)
 
 
 def _render_in_process(jpeg: bytes) -> bytes:

@@ -21,13 +21,8 @@ from typing import Any
 import pyarrow as pa
 
 from enrich.engines.base import output_table
-from enrich.engines.vllm_render import (
-    ProcessRenderer,
-    ThreadRenderer,
-    Unreadable,
-    engine_config,
-    render_prompt,
-)
+from enrich.engines.vllm_compat import engine_config, running_config
+from enrich.engines.vllm_render import ProcessRenderer, ThreadRenderer, Unreadable, render_prompt
 
 # How long a replica waits for its render processes to start (imports, vLLM's renderer).
 RENDER_START_S = 300.0
@@ -252,7 +247,7 @@ class VLLMCaptioner:
         if procs is not None:
             try:
                 if not procs.published:
-                    procs.publish(llm.llm_engine.vllm_config, system_prompt, prompt)
+                    procs.publish(running_config(llm), system_prompt, prompt)
                 procs.wait_ready(text, timeout_s=RENDER_START_S)
                 renderer = procs
             except Exception as exc:  # noqa: BLE001 - slower, not wrong: the replica still runs
