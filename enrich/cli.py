@@ -154,9 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("huggingface_hub.utils._http").setLevel(logging.ERROR)
     try:
         if argv and argv[0] in COMMANDS:
-            from enrich import ops
+            from enrich import ops_cli
 
-            return ops.main(argv[0], argv[1:])
+            return ops_cli.main(argv[0], argv[1:])
         return _run_main(argv)
     except EnrichError as exc:
         print(f"enrich: error: {one_line(str(exc))}", file=sys.stderr)
