@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 import uuid
 from collections.abc import Generator
@@ -29,17 +28,19 @@ from typing import Any
 import pyarrow as pa
 
 from enrich.committer import Committer
-from enrich.config import RunConfig, source_env_from_env, storage_options_from_env
+from enrich.config import RunConfig
 from enrich.engines.base import Engine
 from enrich.errors import UsageError
-from enrich.feeder import MAX_RANGE_BLOCKS, FetchChunks, Handoff
+from enrich.feeder import MAX_RANGE_BLOCKS, Chunk, FetchChunks, Handoff
 from enrich.journal import Journal, Outcome
 from enrich.plan import Plan, make_plan
 from enrich.progress import Counts, Flow, Reporter
-from enrich.reader import CHUNK_ROWS, Chunk, Reader, chunk_rows_for
+from enrich.ray_setup import configure_data_context, init_ray, probe_ray
+from enrich.reader import CHUNK_ROWS, Reader, chunk_rows_for
+from enrich.settings import source_env_from_env, storage_options_from_env
 from enrich.sink import CaptionsTable
 from enrich.skip import SkipIndex
-from enrich.source import Shard, connect_error, list_shards
+from enrich.source import Shard, list_shards
 from enrich.stderr_filter import without_known_ray_lines
 
 log = logging.getLogger(__name__)
@@ -77,82 +78,6 @@ def chunks_in_flight(cfg: RunConfig, cpus: float, engine_batches: int,
     engine_rows = cfg.replicas * cfg.engine_batch_size * engine_batches
     read_rows = max(MIN_ROWS_IN_FLIGHT, 2 * math.ceil(cpus) * chunk_rows)
     return math.ceil((read_rows + engine_rows) / chunk_rows)
-
-
-RAY_PROBE_S = 5.0
-
-
-def _probe_ray(address: str) -> None:
-    """A cluster address (``--ray-address`` / ``$RAY_ADDRESS``) where nothing listens is a usage
-    error at once: ``ray.init`` itself waits on it for minutes, retrying."""
-    target = address.removeprefix("ray://")
-    host, _, port = target.rpartition(":")
-    if target in ("auto", "local") or not host or not port.isdigit():
-        return  # Ray finds these itself, or says what is wrong with them
-    why = connect_error(host, int(port), RAY_PROBE_S)
-    if why is not None:
-        raise UsageError(f"--ray-address {address!r} (or $RAY_ADDRESS): no Ray cluster answers "
-                         f"there ({why}); fix the address, or leave it out to start a local Ray")
-
-
-def _init_ray(cfg: RunConfig) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    # Quiet Ray's start-up notice about its default token auth: on a local Ray that this process
-    # starts it is expected, and every run would print it.
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.WARNING,
-                                  log_to_driver=False, configure_logging=True)
-    if cfg.ray_address:
-        ray.init(address=cfg.ray_address, **kwargs)
-    else:
-        _check_local_auth()
-        ray.init(num_cpus=cfg.num_cpus or max(2, os.cpu_count() or 2), **kwargs)
-        _restrict_token_file()
-
-
-# A local Ray (2.60) binds its gRPC servers (GCS, raylet, object manager, workers) to every
-# network interface: `ss -ltnp` during a run shows them on *:PORT, and `_node_ip_address=
-# "127.0.0.1"` does not change that. What keeps other machines out is Ray's token
-# authentication, on by default in 2.60 for a cluster that ray.init() starts: a client without
-# the token is refused. Ray writes the token to ~/.ray/auth_token readable by everyone (0644);
-# enrich makes it the user's alone. An explicit RAY_AUTH_MODE other than "token" is respected,
-# with a warning.
-def _check_local_auth() -> None:
-    mode = os.environ.get("RAY_AUTH_MODE")
-    if mode is not None and mode.lower() != "token":
-        log.warning("RAY_AUTH_MODE=%s: the local Ray cluster that enrich starts listens on every "
-                    "network interface and accepts clients without authentication", mode)
-
-
-def _restrict_token_file() -> None:
-    if os.environ.get("RAY_AUTH_TOKEN"):
-        return  # given in the environment, not in a file
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.join(os.path.expanduser("~"), ".ray",
-                                                                 "auth_token")
-    try:
-        if os.path.isfile(path) and os.stat(path).st_mode & 0o077:
-            os.chmod(path, 0o600)
-    except OSError as exc:  # someone else's file: say so, do not fail the run
-        log.warning("could not make the Ray token file %s readable by this user only: %s", path, exc)
-
-
-def _configure_data_context() -> None:
-    import ray.data
-
-    # Ray Data logs every dataset start and finish at INFO and warns that we turned its progress
-    # bars off (they would garble our progress line). Set after import: its config resets levels.
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
-    ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True  # contiguous commits need source order
-    ctx.enable_progress_bars = False  # our own progress line; Ray's bars garble it
-    ctx.print_on_execution_start = False
-    # Ray Data's issue detectors print multi-paragraph memory advice into the run's output every
-    # 30 s (for the engine's CPU stages, whose ~0.5 GB per actor is expected): off.
-    ctx.issue_detectors_config.detectors = []
 
 
 def _follow(plan: Plan, shards: list[Shard], table: CaptionsTable, warn: bool = False) -> Plan:
@@ -222,7 +147,7 @@ def run(cfg: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
     # before Ray starts: a table in use is answered at once
     with run.table.lock(ttl_s=cfg.lock_ttl, run_id=run.run_id):
         if cfg.ray_address:
-            _probe_ray(cfg.ray_address)
+            probe_ray(cfg.ray_address)
         # From the journal's first line to its last, one try: whatever fails, it says so.
         journal.write(Outcome.RUNNING, run.counts)
         try:
@@ -249,7 +174,7 @@ def _run_locked(run: RunContext, journal: Journal, engine: Engine,
     reporter.start(journal.plan, run.started)
     reporter.running(run.flow)  # the live line from here on, whatever Ray takes to start
     reporter.update(run.counts, phase="starting Ray")
-    _init_ray(cfg)
+    init_ray(cfg)
     ray_started_s = round(time.time() - run.started, 1)
     engine.check_cluster()  # no GPU for the model: fail now, before anything is written
     # the plan again under the lock: another run may have moved it
@@ -284,7 +209,7 @@ def _execute(run: RunContext, plan: Plan, engine: Engine, first: Chunk,
     import ray
     import ray.data
 
-    _configure_data_context()
+    configure_data_context()
 
     chunk_rows = run.chunk_rows(plan)
     # every chunk but the last of each stream holds chunk_rows source rows

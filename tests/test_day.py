@@ -14,12 +14,13 @@ import pytest
 
 import enrich
 from enrich.cli import main
-from enrich.config import RunConfig, resolve
+from enrich.config import RunConfig
 from enrich.errors import UsageError
 from enrich.journal import Journal, Outcome, process_token, read_journals, shown_outcome
 from enrich.pipeline import run
 from enrich.plan import make_plan
 from enrich.progress import Counts, Reporter
+from enrich.settings import resolve
 from enrich.sink import CaptionsTable
 from tests.conftest import cli
 
@@ -67,7 +68,7 @@ def test_a_failure_after_the_journal_is_written_is_journaled(tmp_path: Path,
     def no_ray(cfg: RunConfig) -> None:
         raise RuntimeError("the cluster went away")
 
-    monkeypatch.setattr(enrich.pipeline, "_init_ray", no_ray)
+    monkeypatch.setattr(enrich.pipeline, "init_ray", no_ray)
     cfg = RunConfig(until=10, source="sample", table=str(tmp_path / "t"), engine="dry-run",
                     checkpoint_dir=str(tmp_path / "ck"))
     with pytest.raises(RuntimeError, match="the cluster went away"):

@@ -55,7 +55,7 @@ def test_a_grown_source_is_continued_and_earlier_additions_are_named(
     def no_ray(*_: object, **__: object) -> None:
         raise AssertionError("Ray was started for a source with nothing new")
 
-    monkeypatch.setattr("enrich.pipeline._init_ray", no_ray)
+    monkeypatch.setattr("enrich.pipeline.init_ray", no_ray)
     with caplog.at_level(logging.WARNING, logger="enrich.pipeline"):
         result = enrich.run(until=1000, source=str(src), table=str(table), engine="dry-run",
                             checkpoint_dir=str(tmp_path / "ck"))

@@ -15,9 +15,9 @@ SCRIPT = r"""
 import os, subprocess, sys
 import ray
 from enrich.config import RunConfig
-from enrich.pipeline import _init_ray
+from enrich.ray_setup import init_ray
 
-_init_ray(RunConfig(until=1, engine="dry-run", num_cpus=1))
+init_ray(RunConfig(until=1, engine="dry-run", num_cpus=1))
 addr = ray.get_runtime_context().gcs_address
 outsider = {**os.environ, "RAY_AUTH_MODE": "disabled", "HOME": sys.argv[1]}
 p = subprocess.run([sys.executable, "-c", f"import ray; ray.init(address={addr!r}); print('CONNECTED')"],
