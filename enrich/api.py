@@ -25,7 +25,7 @@ def run(*, until: int, source: str | None = None, table: str | None = None,
         engine: str | None = None, config: str | None = None, progress: bool = False,
         **settings: Any) -> RunResult:
     """Caption the first ``until`` rows of ``source`` into ``table``; safe to call again."""
-    from enrich.config import resolve
+    from enrich.settings import resolve
 
     flags = {"until": until, "source": source, "table": table, "engine": engine, **settings}
     cfg = resolve({k: v for k, v in flags.items() if v is not None}, config_file=config)

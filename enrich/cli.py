@@ -103,14 +103,14 @@ def build_run_parser() -> argparse.ArgumentParser:
 
 
 def _run_main(argv: Sequence[str]) -> int:
-    from enrich.config import resolve
+    from enrich.settings import resolve
 
     args = build_run_parser().parse_args(argv)
     flags = {k: v for k, v in vars(args).items() if k not in ("plan", "config", "quiet")}
     cfg = resolve(flags, config_file=args.config)
     if args.plan:
-        from enrich.config import storage_options_from_env
         from enrich.plan import make_plan
+        from enrich.settings import storage_options_from_env
         from enrich.sink import CaptionsTable
 
         plan = make_plan(cfg, CaptionsTable(cfg.table, storage_options=storage_options_from_env()))

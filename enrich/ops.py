@@ -14,9 +14,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from enrich.config import storage_options_from_env
 from enrich.errors import RunLockedError, TableError, UsageError
 from enrich.journal import Outcome, read_journals, shown_outcome
+from enrich.settings import storage_options_from_env
 from enrich.sink import CaptionsTable
 
 

@@ -14,12 +14,12 @@ from typing import Any
 import pyarrow as pa
 
 from enrich.args import Parser, nonneg_float, pos_int
-from enrich.config import resolve_settings
 from enrich.errors import UsageError, cannot_write
 from enrich.gallery import gallery_page
 from enrich.journal import read_journals, write_text_atomic
 from enrich.ops import compact_table, open_table, query, status_info
 from enrich.schemas import STATUSES
+from enrich.settings import resolve_settings
 
 FORMATS = ("table", "csv", "json")
 

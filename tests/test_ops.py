@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from enrich.cli import main
-from enrich.config import RunConfig, resolve
+from enrich.config import RunConfig
 from enrich.errors import UsageError
 from enrich.pipeline import run
 from enrich.progress import Reporter
+from enrich.settings import resolve
 from tests.helpers import read_table, said
 
 pytestmark = pytest.mark.usefixtures("ray_address")

@@ -108,7 +108,7 @@ def test_s3_table_run_kill_resume(s3_env: dict[str, str], shards: Path, tmp_path
 
 def test_unsafe_rename_is_warned_about_once(monkeypatch: pytest.MonkeyPatch,
                                            caplog: pytest.LogCaptureFixture) -> None:
-    from enrich.config import _warn_unsafe_rename, storage_options_from_env
+    from enrich.settings import _warn_unsafe_rename, storage_options_from_env
 
     _warn_unsafe_rename.cache_clear()
     monkeypatch.setenv("AWS_S3_ALLOW_UNSAFE_RENAME", "true")
