@@ -18,10 +18,11 @@ import pyarrow as pa
 
 from enrich.config import RunConfig, enricher_version
 from enrich.plan import Plan
+from enrich.positions import Progress, run_metadata
 from enrich.progress import Counts
 from enrich.reader import SOURCE_COLUMNS
 from enrich.schemas import CAPTIONS
-from enrich.sink import CaptionsTable, Progress, run_metadata
+from enrich.sink import CaptionsTable
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
-"""The hand-off between the driver's reader and Ray: the feeder actor that holds the chunks the
-driver read until the fetch stage takes them (bounded: memory stays flat), the fetch stage
+"""The hand-off between the driver's reader and Ray: the :class:`Chunk` the reader makes, the
+feeder actor that holds the chunks the driver read until the fetch stage takes them (bounded: memory stays flat), the fetch stage
 itself (a chunk's rows joined with their prepared images: the engine's input), and
 :class:`Handoff`, the one owner of the feed thread and the ledger of chunks sent."""
 
@@ -8,19 +8,57 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Generator, Iterator
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import pyarrow as pa
 
 from enrich import retry
-from enrich.prepare import ENGINE_INPUT_SCHEMA
-from enrich.reader import assemble
+from enrich.prepare import ENGINE_INPUT_SCHEMA, PREPARED_SCHEMA, engine_rows
 
 # Blocks of chunk ids. Each block is one fetch task; past the end of the source a task returns
 # at once, but each still costs Ray ~40 ms, so a --until far beyond the source must not mean
 # thousands of them.
 MAX_RANGE_BLOCKS = 256
 RELEASED = "released"  # feeder answer for a chunk the driver already has
+
+
+# One chunk as the driver hands it out: which image block (``part``) and row in it, and the
+# row's number and status. The prepared images stay in the read tasks' blocks until the fetch
+# stage joins them to the rows (``assemble``).
+CHUNK_SCHEMA = pa.schema([
+    pa.field("part", pa.int32()),
+    pa.field("position", pa.int32()),
+    pa.field("source_index", pa.int64()),
+    pa.field("status", pa.string()),
+    pa.field("error", pa.string()),
+])
+
+
+@dataclass
+class Chunk:
+    """Source rows the reader decided, in order, as they go to Ray: the rows to caption
+    (``rows``, positions in the image blocks ``parts``), the duplicates it decided itself and
+    every row's source metadata."""
+
+    kind: str  # "retry" (failed rows read again) or "main"
+    parts: list[Any] = field(default_factory=list)  # ObjectRefs of image blocks
+    rows: list[pa.Table] = field(default_factory=list)  # CHUNK_SCHEMA pieces
+    dups: list[dict[str, Any]] = field(default_factory=list)  # held in the driver
+    meta: list[pa.Table] = field(default_factory=list)  # reader.SOURCE_COLUMNS of every row
+    source_rows: int = 0
+
+    def table(self) -> pa.Table:
+        return pa.concat_tables(self.rows) if self.rows else CHUNK_SCHEMA.empty_table()
+
+
+def assemble(parts: list[pa.Table], rows: pa.Table) -> pa.Table:
+    """A chunk's rows with their prepared images taken from its blocks: the engine's input."""
+    part = rows.column("part").to_numpy()
+    position = rows.column("position").to_numpy()
+    pieces = [parts[p].take(pa.array(position[part == p])) for p in range(len(parts))]
+    prepared = pa.concat_tables(pieces) if pieces else PREPARED_SCHEMA.empty_table()
+    return engine_rows(rows, prepared)
 
 
 def call_feeder(method: Any, *args: Any) -> Any:
@@ -53,7 +91,7 @@ def make_feeder_class() -> Any:
             self.cond = asyncio.Condition()
 
         async def put(self, j: int, chunk: list[Any]) -> None:
-            """``chunk``: [refs of its image blocks, its rows (reader.CHUNK_SCHEMA)]. A repeated
+            """``chunk``: [refs of its image blocks, its rows (CHUNK_SCHEMA)]. A repeated
             put of a chunk already handed out changes nothing."""
             async with self.cond:
                 if j in self.taken or j <= self.released:

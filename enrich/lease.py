@@ -19,6 +19,7 @@ store is configured from the environment as delta-rs configures its own (``AWS_*
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from enrich.errors import RunLockedError, store_error
+from enrich.errors import RunLockedError, TableError, store_error
 
 log = logging.getLogger(__name__)
 
@@ -198,3 +199,32 @@ class ObjectStoreLease:
             except Exception as exc:  # noqa: BLE001 - it expires by itself after the ttl
                 log.warning("could not release the run lease of %s (it expires in %.0f s): %s",
                             self.uri, self.ttl_s, store_error(exc))
+
+
+@contextmanager
+def local_lock(uri: str, path: str, *, run_id: str = "", wait: bool = False) -> Iterator[None]:
+    """The run lock of a local table at ``path``: an ``flock`` on ``_enrich.lock`` in its folder,
+    which the OS drops when the process dies, SIGKILL included."""
+    created = not os.path.isdir(path)
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd = os.open(os.path.join(path, "_enrich.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise TableError(f"--table {uri!r} cannot be written: {exc.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            # the OS holds this lock until the holder's process ends: no expiry (inf)
+            raise refusal(uri, Holder.from_bytes(os.pread(fd, 1000, 0)), time.time()) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, Holder(socket.gethostname(), os.getpid(), run_id or f"pid-{os.getpid()}",
+                             time.time(), float("inf")).to_bytes(), 0)
+        yield
+    finally:
+        # A folder made only to hold the lock (the run stopped before creating the table)
+        # is removed again: a failed start leaves nothing behind.
+        if created and os.listdir(path) == ["_enrich.lock"]:
+            os.unlink(os.path.join(path, "_enrich.lock"))
+            os.rmdir(path)
+        os.close(fd)

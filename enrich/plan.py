@@ -12,7 +12,8 @@ from typing import Any
 import pyarrow as pa
 
 from enrich.config import RunConfig, run_identity
-from enrich.sink import CaptionsTable, Progress
+from enrich.positions import Progress
+from enrich.sink import CaptionsTable
 
 
 @dataclass

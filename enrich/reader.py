@@ -10,15 +10,16 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from enrich.errors import EnrichError
-from enrich.prepare import PREPARED_SCHEMA, engine_rows, prepare_images
-from enrich.sink import Progress
+from enrich.feeder import CHUNK_SCHEMA, Chunk
+from enrich.positions import Progress
+from enrich.prepare import prepare_images
 from enrich.skip import SkipIndex
 from enrich.source import META_COLUMNS, Shard, read_blocks
 from enrich.source.formats import BY_KIND
@@ -52,34 +53,9 @@ def chunk_rows_for(rows: int, batch_rows: int = CHUNK_ROWS) -> int:
 # that `--until 100` on a hub dataset downloads one shard, not one per core.
 SMALL_RUN_ROWS = 10_000
 
-# One chunk as the driver hands it out: which image block (``part``) and row in it, and the
-# row's number and status. The prepared images stay in the read tasks' blocks until the fetch
-# stage joins them to the rows (``assemble``).
-CHUNK_SCHEMA = pa.schema([
-    pa.field("part", pa.int32()),
-    pa.field("position", pa.int32()),
-    pa.field("source_index", pa.int64()),
-    pa.field("status", pa.string()),
-    pa.field("error", pa.string()),
-])
-
-
 # What the source says of each row, as the table's columns: a chunk carries it for all its rows
 # (duplicates too) to the committer, which joins it to what the engine says.
 SOURCE_COLUMNS: tuple[str, ...] = ("source_index", *META_COLUMNS)
-
-
-@dataclass
-class Chunk:
-    kind: str  # "retry" (failed rows read again) or "main"
-    parts: list[Any] = field(default_factory=list)  # ObjectRefs of image blocks
-    rows: list[pa.Table] = field(default_factory=list)  # CHUNK_SCHEMA pieces
-    dups: list[dict[str, Any]] = field(default_factory=list)  # held in the driver
-    meta: list[pa.Table] = field(default_factory=list)  # SOURCE_COLUMNS of every row
-    source_rows: int = 0
-
-    def table(self) -> pa.Table:
-        return pa.concat_tables(self.rows) if self.rows else CHUNK_SCHEMA.empty_table()
 
 
 @dataclass(frozen=True)
@@ -101,15 +77,6 @@ def _read_job(job: ReadJob, limit: int | None) -> Iterator[pa.Table]:
         del images  # not held while the block is handed on (−100 MB peak on 10,000 photos)
         yield meta
         yield prepared
-
-
-def assemble(parts: list[pa.Table], rows: pa.Table) -> pa.Table:
-    """A chunk's rows with their prepared images taken from its blocks: the engine's input."""
-    part = rows.column("part").to_numpy()
-    position = rows.column("position").to_numpy()
-    pieces = [parts[p].take(pa.array(position[part == p])) for p in range(len(parts))]
-    prepared = pa.concat_tables(pieces) if pieces else PREPARED_SCHEMA.empty_table()
-    return engine_rows(rows, prepared)
 
 
 def _ray_get(ref: Any) -> Any:

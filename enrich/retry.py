@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from enrich.errors import store_error
+from enrich.errors import CommitError, EnrichError, TableUnreachableError, store_error
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -162,8 +162,6 @@ def commit_transient(exc: BaseException) -> bool:
     """What a commit may retry: conflicts and passing storage errors, never schema or usage."""
     from deltalake.exceptions import CommitFailedError, DeltaError, SchemaMismatchError
 
-    from enrich.errors import TableUnreachableError
-
     if isinstance(exc, TableUnreachableError | CommitFailedError):
         return True
     if isinstance(exc, SchemaMismatchError | PermissionError):
@@ -184,3 +182,23 @@ def actor_transient(exc: BaseException) -> bool:
     from ray.exceptions import ActorUnavailableError
 
     return isinstance(exc, ActorUnavailableError)
+
+
+def _give_up(what: str) -> Callable[[BaseException, int], BaseException]:
+    """A commit's error once retrying is over: ours as they are (a lost race, an unreachable
+    store), an object store that is not answering as an outage, anything else a CommitError."""
+    def give_up(exc: BaseException, attempts: int) -> BaseException:
+        if isinstance(exc, EnrichError):
+            return exc
+        cls = TableUnreachableError if unreachable(exc) else CommitError
+        return cls(f"{what} failed: {type(exc).__name__}: {store_error(exc)}")
+
+    return give_up
+
+
+def commit(fn: Callable[[], T], *, what: str, before_retry: Callable[[], bool] | None = None) -> T | None:
+    """``fn``, a step of a table commit, under the commit policy (``COMMIT``): an error once
+    retrying is over is ours as it is, an unreachable store's TableUnreachableError, else a
+    CommitError."""
+    return call(fn, what=what, policy=COMMIT, transient=commit_transient,
+                give_up=_give_up(what), before_retry=before_retry)

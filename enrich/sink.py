@@ -11,14 +11,10 @@ writes and after any ambiguous failure: a retried commit never lands twice.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
-import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pyarrow as pa
@@ -27,53 +23,20 @@ import pyarrow.dataset as pads
 
 from enrich import retry as retrying
 from enrich.errors import (
-    CommitError,
-    EnrichError,
     RunLockedError,
     TableError,
     TableUnreachableError,
     UsageError,
     store_error,
 )
-from enrich.lease import DEFAULT_TTL_S, Holder, refusal
-from enrich.retry import commit_transient, unreachable
-from enrich.schemas import CAPTIONS
+from enrich.lease import DEFAULT_TTL_S, local_lock
+from enrich.positions import META_PREFIX, Progress, Stream, position
+from enrich.retry import unreachable
+from enrich.schemas import CAPTIONS, schema_problem
 
 log = logging.getLogger(__name__)
 
-META_PREFIX = "enrich."
 T = TypeVar("T")
-
-
-def run_metadata(*, run_id: str, source: str, caption_config: str, caption_config_json: str,
-                 enricher_version: str) -> dict[str, str]:
-    """What every commit of a run records beside its rows (Delta commit metadata, under
-    META_PREFIX): who wrote it, for which stream and caption config."""
-    return {META_PREFIX + "run_id": run_id, META_PREFIX + "caption_config": caption_config,
-            META_PREFIX + "caption_config_json": caption_config_json,
-            META_PREFIX + "source": source, META_PREFIX + "enricher_version": enricher_version}
-
-
-@dataclass(frozen=True)
-class Stream:
-    """One stream's position, as ``enrich status`` shows it."""
-
-    source: str | None
-    caption_config: str | None
-    next_index: int | None
-    shard: str | None
-    offset: int
-    exhausted: bool
-
-
-@dataclass(frozen=True)
-class Progress:
-    """Where the stream of one (source, caption config) stands in the table."""
-
-    next_index: int = 0
-    next_shard: str | None = None
-    next_offset: int = 0
-    exhausted: bool = False
 
 
 def _is_local(uri: str) -> bool:
@@ -82,32 +45,6 @@ def _is_local(uri: str) -> bool:
 
 def _local_path(uri: str) -> str:
     return uri.removeprefix("file://")
-
-
-def _position(entry: dict[str, Any]) -> Progress:
-    """The stream position a commit recorded in its metadata (what ``append`` writes)."""
-    return Progress(next_index=int(entry.get(META_PREFIX + "next_index", -1)),
-                    next_shard=entry.get(META_PREFIX + "next_shard"),
-                    next_offset=int(entry.get(META_PREFIX + "next_offset", 0)),
-                    exhausted=str(entry.get(META_PREFIX + "exhausted", "false")) == "true")
-
-
-def _give_up(what: str) -> Callable[[BaseException, int], BaseException]:
-    """A commit's error once retrying is over: ours as they are (a lost race, an unreachable
-    store), an object store that is not answering as an outage, anything else a CommitError."""
-    def give_up(exc: BaseException, attempts: int) -> BaseException:
-        if isinstance(exc, EnrichError):
-            return exc
-        cls = TableUnreachableError if unreachable(exc) else CommitError
-        return cls(f"{what} failed: {type(exc).__name__}: {store_error(exc)}")
-
-    return give_up
-
-
-def retry(fn: Callable[[], T], *, what: str, before_retry: Callable[[], bool] | None = None) -> T | None:
-    """``fn`` under the table's retry policy (``retry.COMMIT``)."""
-    return retrying.call(fn, what=what, policy=retrying.COMMIT, transient=commit_transient,
-                         give_up=_give_up(what), before_retry=before_retry)
 
 
 class CaptionsTable:
@@ -140,7 +77,7 @@ class CaptionsTable:
         if dt is None:
             return
         have = pa.schema(dt.schema().to_arrow())
-        problem = _schema_problem(have, CAPTIONS)
+        problem = schema_problem(have, CAPTIONS)
         if problem:
             raise TableError(f"--table {self.uri!r} is a Delta table with another schema "
                              f"({problem}); enrich writes only captions tables")
@@ -194,7 +131,7 @@ class CaptionsTable:
         for limit in (50, None):
             for entry in dt.history(limit):
                 if entry.get(META_PREFIX + "app_id") == app_id:
-                    at = _position(entry)
+                    at = position(entry)
                     if at.next_index == version:
                         return at
         raise TableError(f"--table {self.uri!r}: app transaction {app_id} at {version} has no "
@@ -210,7 +147,7 @@ class CaptionsTable:
         for entry in dt.history():
             app = entry.get(META_PREFIX + "app_id")
             if app and app not in found:
-                at = _position(entry)
+                at = position(entry)
                 found[app] = Stream(source=entry.get(META_PREFIX + "source"),
                                     caption_config=entry.get(META_PREFIX + "caption_config"),
                                     next_index=dt.transaction_version(app), shard=at.next_shard,
@@ -283,7 +220,7 @@ class CaptionsTable:
             return False
 
         # the store may fail this first look too (an outage mid-run): the same retries
-        if retry(landed, what=f"reading the table before the commit of rows {expect_from}.."
+        if retrying.commit(landed, what=f"reading the table before the commit of rows {expect_from}.."
                  f"{progress.next_index - 1}"):
             return False
         custom = {
@@ -301,7 +238,7 @@ class CaptionsTable:
             write_deltalake(self.uri, rows, mode="append", commit_properties=props,
                             storage_options=self.storage_options or None, **self._merge())
 
-        retry(write, what=f"commit of rows {expect_from}..{progress.next_index - 1}",
+        retrying.commit(write, what=f"commit of rows {expect_from}..{progress.next_index - 1}",
               before_retry=landed)
         self._grow = []  # the table has every column now
         return True
@@ -324,7 +261,7 @@ class CaptionsTable:
                             commit_properties=CommitProperties(custom_metadata=metadata),
                             storage_options=self.storage_options or None, **self._merge())
 
-        retry(write, what=f"replacing {rows.num_rows} retried rows")
+        retrying.commit(write, what=f"replacing {rows.num_rows} retried rows")
         self._grow = []
 
     @contextmanager
@@ -343,57 +280,11 @@ class CaptionsTable:
                 finally:
                     self._lease = None
             return
-        path = _local_path(self.uri)
-        created = not os.path.isdir(path)
-        try:
-            os.makedirs(path, exist_ok=True)
-            fd = os.open(os.path.join(path, "_enrich.lock"), os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise TableError(f"--table {self.uri!r} cannot be written: {exc.strerror}") from None
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except BlockingIOError:
-                # the OS holds this lock until the holder's process ends: no expiry (inf)
-                raise refusal(self.uri, Holder.from_bytes(os.pread(fd, 1000, 0)), time.time()) from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, Holder(socket.gethostname(), os.getpid(), run_id or f"pid-{os.getpid()}",
-                                 time.time(), float("inf")).to_bytes(), 0)
+        with local_lock(self.uri, _local_path(self.uri), run_id=run_id, wait=wait):
             yield
-        finally:
-            # A folder made only to hold the lock (the run stopped before creating the table)
-            # is removed again: a failed start leaves nothing behind.
-            if created and os.listdir(path) == ["_enrich.lock"]:
-                os.unlink(os.path.join(path, "_enrich.lock"))
-                os.rmdir(path)
-            os.close(fd)
 
 
 def _sql_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _kind(t: pa.DataType) -> object:
-    """A column type as the Delta log keeps it: string flavours and timestamp units are one."""
-    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
-        return "string"
-    return "timestamp" if pa.types.is_timestamp(t) else t
-
-
-def _schema_problem(have: pa.Schema, want: pa.Schema) -> str | None:
-    """Why a table's columns cannot be written as ``want``, or None. The schema may only grow:
-    a table may lack columns that ``want`` adds at its end as nullable (they are added on the
-    next write); a column removed, renamed, retyped or out of order is refused, named."""
-    extra = [n for n in have.names if n not in want.names]
-    if extra:
-        return "columns enrich does not write (removed or renamed?): " + ", ".join(extra)
-    retyped = [a.name for a in have if _kind(a.type) != _kind(want.field(a.name).type)]
-    if retyped:
-        return "columns of another type: " + ", ".join(
-            f"{n} ({have.field(n).type}, enrich writes {want.field(n).type})" for n in retyped)
-    if have.names != want.names[:len(have.names)]:
-        return "columns in another order than enrich's"
-    required = [f.name for f in want if f.name not in have.names and not f.nullable]
-    if required:
-        return "missing required columns: " + ", ".join(required)
-    return None

@@ -13,8 +13,9 @@ from enrich.schemas import CAPTIONS
 from enrich.config import RunConfig, run_identity
 from enrich.errors import TableError
 from enrich.pipeline import run
+from enrich.positions import Progress
 from enrich.progress import Reporter
-from enrich.sink import CaptionsTable, Progress
+from enrich.sink import CaptionsTable
 from tests.helpers import outcome, read_table
 
 pytestmark = pytest.mark.usefixtures("ray_address")

@@ -74,7 +74,7 @@ def test_read_blocks_hash_and_split_rows_like_iter_shard(tmp_path: Path) -> None
     """A read task's output: the same rows as iter_shard, in blocks, metadata apart from bytes."""
     import hashlib
 
-    from enrich.reader import CHUNK_SCHEMA, assemble
+    from enrich.feeder import CHUNK_SCHEMA, assemble
     from enrich.source import read_blocks
 
     for n in range(3):
