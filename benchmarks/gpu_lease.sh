@@ -32,11 +32,12 @@ ACC=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -o 'H[1
 say "accelerator $ACC; inputs"
 # (an earlier call may have started making them while the pieces travelled: wait for it)
 while [ -e "$STASH/inputs.started" ] && [ ! -e "$STASH/inputs.done" ]; do sleep 2; done
-python3 benchmarks/gpu.py inputs --n 40000 --bare-n 10000 || exit 1
+N=${N:-40000}  # rows of the enrich runs (a lease that runs only the engine-alone ceiling: fewer)
+python3 benchmarks/gpu.py inputs --n "$N" --bare-n 10000 || exit 1
 wait  # compileall
 say "runs A"
 LEASE=${LEASE:-"$ACC lease $(date -u +%Y-%m-%dT%H:%MZ)"}
-COMMON=(--model /tmp/model --dummy-weights --n 40000 --bare-n 10000 --accelerator-type "$ACC"
+COMMON=(--model /tmp/model --dummy-weights --n "$N" --bare-n 10000 --accelerator-type "$ACC"
         --lease "$LEASE")
 # The engine alone (inputs processed beforehand) at enrich's batch, then vLLM's own image
 # benchmark at its own defaults: the two references enrich is measured against.
