@@ -7,24 +7,21 @@ this run go to a small set that is folded into the array every ``MERGE_EVERY`` a
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import numpy as np
 
 PREFIX = 16
 MERGE_EVERY = 65_536
 
 
-def _prefix(hex_hash: str) -> bytes:
-    # numpy's S dtype drops trailing NUL bytes on the way out (tolist), so keep keys stripped
-    # wherever they live in Python sets; the sorted array pads them back identically.
-    return bytes.fromhex(hex_hash[: PREFIX * 2]).rstrip(b"\x00")
-
-
 class SkipIndex:
-    def __init__(self, hex_hashes: Iterable[str] = ()) -> None:
-        arr = np.array([_prefix(h) for h in hex_hashes], dtype=f"S{PREFIX}")
-        self._sorted = np.unique(arr)
+    """Keys are the first 16 bytes of a sha256, as numpy ``S16`` values: built from the table's
+    hex hashes (:meth:`from_arrow`), probed and grown with the prefixes read tasks send
+    (:meth:`keys_from_arrow`, :meth:`contains_keys`, :meth:`add_keys`)."""
+
+    def __init__(self) -> None:
+        self._sorted = np.array([], dtype=f"S{PREFIX}")
+        # numpy's S dtype drops trailing NUL bytes on the way out (tolist), so keys in this set
+        # are kept stripped; the sorted array pads them back identically.
         self._recent: set[bytes] = set()
 
     @classmethod
@@ -60,15 +57,6 @@ class SkipIndex:
         return np.frombuffer(arr.buffers()[1], dtype=f"S{PREFIX}", count=len(arr),
                              offset=arr.offset * PREFIX)
 
-    @staticmethod
-    def _keys(hex_hashes: list[str]) -> np.ndarray:
-        # one hex decode for the whole batch instead of one per hash
-        joined = "".join(h[: PREFIX * 2].ljust(PREFIX * 2, "0") for h in hex_hashes)
-        return np.frombuffer(bytes.fromhex(joined), dtype=f"S{PREFIX}")
-
-    def contains_many(self, hex_hashes: list[str]) -> np.ndarray:
-        return self.contains_keys(self._keys(hex_hashes))
-
     def contains_keys(self, keys: np.ndarray) -> np.ndarray:
         """Bulk lookup of 16-byte keys (a numpy ``S16`` array: hash prefixes, as read tasks send)."""
         pos = np.searchsorted(self._sorted, keys)
@@ -77,13 +65,6 @@ class SkipIndex:
         if self._recent:
             found |= np.array([k in self._recent for k in keys.tolist()], dtype=bool)
         return found
-
-    def __contains__(self, hex_hash: str) -> bool:
-        return bool(self.contains_many([hex_hash])[0])
-
-    def add(self, hex_hash: str) -> None:
-        self._recent.add(_prefix(hex_hash))
-        self._maybe_merge()
 
     def add_keys(self, keys: np.ndarray) -> None:
         self._recent.update(keys.tolist())  # tolist strips NULs the way _prefix does
