@@ -302,17 +302,22 @@ def test_plan_for_vllm_prints_the_engine_arguments(tmp_path: Path) -> None:
     assert plan["caption"]["temperature"] == 0.3 and plan["caption"]["max_tokens"] == 256
 
 
-def test_engines_per_gpu_default_to_the_measured_best() -> None:
-    def share(**kw: object) -> int:
-        return RunConfig(until=1, engine="vllm", **kw).gpu_share  # type: ignore[arg-type]
+def test_engines_per_gpu_follow_the_table_and_the_flag_overrides_it() -> None:
+    """What decides the engines per GPU (not which numbers were measured: PERFORMANCE.md has
+    those): the accelerator's entry in REPLICAS_PER_GPU, else one; --replicas-per-gpu over it;
+    one where an engine spans GPUs or on CPUs; --concurrency multiplies."""
+    from enrich.config import REPLICAS_PER_GPU
 
-    assert share() == 1  # L4: one engine fits its 24 GB
-    assert share(accelerator_type="H200") == 2
-    assert share(accelerator_type="H100") == 3 and share(accelerator_type="H100", concurrency=2) == 3
-    assert RunConfig(until=1, engine="vllm", accelerator_type="H100", concurrency=2).replicas == 6
-    assert share(accelerator_type="H100", replicas_per_gpu=2) == 2
-    assert share(accelerator_type="H100", engine_kwargs={"tensor_parallel_size": 2}) == 1
-    assert share(accelerator_type="cpu") == 1
+    def cfg(**kw: object) -> RunConfig:
+        return RunConfig(until=1, engine="vllm", **kw)  # type: ignore[arg-type]
+
+    assert REPLICAS_PER_GPU and "L4" not in REPLICAS_PER_GPU and cfg().gpu_share == 1
+    for acc, k in REPLICAS_PER_GPU.items():
+        assert cfg(accelerator_type=acc).gpu_share == k
+        assert cfg(accelerator_type=acc, concurrency=2).replicas == 2 * k
+        assert cfg(accelerator_type=acc, replicas_per_gpu=k + 1).gpu_share == k + 1
+        assert cfg(accelerator_type=acc, engine_kwargs={"tensor_parallel_size": 2}).gpu_share == 1
+    assert cfg(accelerator_type="cpu").gpu_share == 1
     assert RunConfig(until=1, engine="dry-run", accelerator_type="H100").replicas == 1
 
 
