@@ -18,6 +18,17 @@ from tests.conftest import _free_port, cli
 from tests.helpers import said
 
 
+def _wait_for_lease_to_expire(s3: Any, bucket: str, table: str) -> None:
+    """Wait until the lease a dead run left beside ``table`` has expired by its own record (the
+    holder's ``expires``, written at its last renewal), not for a guessed number of seconds."""
+    from enrich.lease import LEASE_KEY, Holder
+
+    key = f"{table}/{LEASE_KEY}"
+    holder = Holder.from_bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    assert holder.expires > time.time() - 120, holder  # a lease of the run just stopped
+    time.sleep(max(0.0, holder.expires - time.time() + 0.5))
+
+
 def _client(endpoint: str) -> Any:
     """A client of the loopback server, with the dummy credentials it takes."""
     return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
@@ -80,7 +91,6 @@ def test_s3_table_run_kill_resume(s3_env: dict[str, str], shards: Path, tmp_path
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -9
-    killed_at = time.time()  # its lease was renewed at most 10 s before: it expires 20-30 s from now
     partial = _s3_outcome("s3://captions-bucket/killed", s3_env)
     assert 0 < len(partial) < 120 and sorted(partial) == list(range(len(partial)))
     # The killed run's lease is still live: a rerun at once is refused, naming it...
@@ -88,7 +98,7 @@ def test_s3_table_run_kill_resume(s3_env: dict[str, str], shards: Path, tmp_path
                            text=True, timeout=120)
     assert early.returncode == 3 and "expires in" in early.stderr, early.stderr
     # ...and once its time to live (30 s) has passed without renewal, the rerun takes it over.
-    time.sleep(max(0.0, killed_at + 31 - time.time()))
+    _wait_for_lease_to_expire(s3, "captions-bucket", "killed")
     resumed = subprocess.run([sys.executable, "-m", "enrich", *args], capture_output=True,
                              text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
@@ -261,7 +271,8 @@ def test_the_store_stopping_mid_run_is_one_line_and_the_rerun_is_exact(
     try:
         partial = _s3_outcome("s3://outage-bucket/t", env)
         assert 0 < len(partial) < 120 and sorted(partial) == list(range(len(partial)))
-        time.sleep(11)  # the dead run could not release its lease: it expires after --lock-ttl
+        # the dead run could not release its lease: it expires --lock-ttl after its last renewal
+        _wait_for_lease_to_expire(s3, "outage-bucket", "t")
         res = subprocess.run([sys.executable, "-m", "enrich", *args], capture_output=True,
                              text=True, env={**os.environ, **env}, timeout=300)
         assert res.returncode == 0, said(res.stderr)
