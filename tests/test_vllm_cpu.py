@@ -273,7 +273,7 @@ def test_render_processes_hand_the_engine_its_own_requests(tiny_model: Path, ahe
             exits.append(code)
             raise SystemExit(code)
 
-        monkeypatch.setattr("enrich.engines.vllm.os._exit", fake_exit)
+        monkeypatch.setattr("enrich.engines.vllm_replica.os._exit", fake_exit)
         pids = list(replica.renderer.pool._processes)  # the pool's own record of its processes
         assert len(pids) == 2
         for pid in pids:

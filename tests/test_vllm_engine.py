@@ -272,7 +272,7 @@ def test_a_dead_engine_ends_the_replica_not_the_rows(monkeypatch: pytest.MonkeyP
         exits.append(code)
         raise SystemExit(code)
 
-    monkeypatch.setattr("enrich.engines.vllm.os._exit", fake_exit)
+    monkeypatch.setattr("enrich.engines.vllm_replica.os._exit", fake_exit)
     replica = _replica(_FakeLLM(die_after=1), lookahead=2)
     with pytest.raises(SystemExit):
         replica(_batch(_pending_rows(range(6))))
