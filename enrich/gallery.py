@@ -13,13 +13,13 @@ from enrich.errors import EnrichError, one_line
 from enrich.sink import CaptionsTable
 
 
-def gallery_page(table: CaptionsTable, runs: list[dict[str, Any]], *, title: str, sample: int,
+def gallery_page(table: CaptionsTable, runs: list[dict[str, Any]], *, sample: int,
                  statuses: list[str] | None, max_shards: int,
                  seed: int) -> tuple[str, list[dict[str, Any]], int, dict[str, str]]:
     """(the page, the rows on it, how many have a thumbnail, why a source gave none)."""
     rows = sample_rows(table, sample, statuses, max_shards, seed)
     thumbs, unread = thumbnails(rows)
-    page = render_gallery(rows, thumbs, runs, title=title)
+    page = render_gallery(rows, thumbs, runs, title=f"enrich gallery: {table.uri}")
     return page, rows, sum(1 for t in thumbs.values() if t), unread
 
 

@@ -156,7 +156,7 @@ def gallery(argv: Sequence[str]) -> int:
     _writable_file(args.out)  # before the table is read: a bad --out is answered at once
     page, rows, n_thumbs, unread = gallery_page(
         open_table(args.table, args.checkpoint_dir), read_journals(args.checkpoint_dir, args.table),
-        title=f"enrich gallery: {args.table}", sample=args.sample, statuses=args.status,
+        sample=args.sample, statuses=args.status,
         max_shards=args.max_shards, seed=args.seed)
     write_text_atomic(args.out, page)
     why = ""

@@ -36,7 +36,7 @@ from enrich.journal import Journal, Outcome
 from enrich.plan import Plan, make_plan
 from enrich.progress import Counts, Flow, Reporter
 from enrich.ray_setup import configure_data_context, init_ray, probe_ray
-from enrich.reader import CHUNK_ROWS, Reader, chunk_rows_for
+from enrich.reader import CHUNK_ROWS, Reader, ReadSettings, chunk_rows_for
 from enrich.settings import source_env_from_env, storage_options_from_env
 from enrich.sink import CaptionsTable
 from enrich.skip import SkipIndex
@@ -184,13 +184,12 @@ def _run_locked(run: RunContext, journal: Journal, engine: Engine,
     if plan.nothing_to_do:
         return run.result(Outcome.NOTHING_TO_DO, plan)
     skip = SkipIndex.from_arrow(run.table.captioned_hashes(plan.caption_config))
-    reader = Reader(shards, plan.progress, cfg.until, skip, plan.retry_rows,
-                    read_cpus=engine.read_cpus(), image_size=cfg.image_size,
-                    chunk_rows=run.chunk_rows(plan),
-                    parallel=run.parallel(),
-                    # Only remote sources need the driver's settings; forwarding them costs a
-                    # worker pool of their own (a runtime_env), i.e. seconds of start-up.
-                    env=source_env_from_env() if any(s.remote for s in shards) else None)
+    reader = Reader(shards, plan.progress, cfg.until, skip, plan.retry_rows, ReadSettings(
+        image_size=cfg.image_size, chunk_rows=run.chunk_rows(plan), read_cpus=engine.read_cpus(),
+        parallel=run.parallel(),
+        # Only remote sources need the driver's settings; forwarding them costs a worker pool
+        # of their own (a runtime_env), i.e. seconds of start-up.
+        env=source_env_from_env() if any(s.remote for s in shards) else None))
     chunks = reader.chunks()
     first = next(chunks, None)
     if first is None:

@@ -92,6 +92,18 @@ def _ray_get(ref: Any) -> Any:
         raise
 
 
+@dataclass(frozen=True)
+class ReadSettings:
+    """How the read tasks run: the prepare step's square side, source rows per chunk, CPUs per
+    read task, read tasks at most at once, and the environment they get (remote sources only)."""
+
+    image_size: int
+    chunk_rows: int = CHUNK_ROWS
+    read_cpus: float = 1.0
+    parallel: int = 2
+    env: dict[str, str] | None = None
+
+
 class Reader:
     """Reads the source from the resume position (and the failed rows to retry, first) through
     read tasks, and yields :class:`Chunk` s in order (:meth:`chunks`). Its state is its own:
@@ -99,20 +111,19 @@ class Reader:
     :meth:`chunks` returns."""
 
     def __init__(self, shards: list[Shard], start: Progress, until: int, skip: SkipIndex,
-                 retry_rows: pa.Table, *, image_size: int, chunk_rows: int = CHUNK_ROWS,
-                 read_cpus: float = 1.0, parallel: int = 2, env: dict[str, str] | None = None) -> None:
+                 retry_rows: pa.Table, settings: ReadSettings) -> None:
         self.shards = shards
-        self.image_size = image_size
+        self.image_size = settings.image_size
         self.start = start
         self.until = until
         self.skip = skip
         self.retry_rows = retry_rows
-        self.parallel = max(1, parallel)
-        self.chunk_rows = chunk_rows
+        self.parallel = max(1, settings.parallel)
+        self.chunk_rows = settings.chunk_rows
         self.exhausted = False
         self.rows_read = 0
         self.jobs_read = 0
-        self._launch = self._ray_launcher(read_cpus, env or {})
+        self._launch = self._ray_launcher(settings.read_cpus, settings.env or {})
 
     @staticmethod
     def _ray_launcher(read_cpus: float, env: dict[str, str]) -> Callable[[ReadJob, int | None], Any]:

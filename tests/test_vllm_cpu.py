@@ -222,6 +222,7 @@ def test_render_processes_hand_the_engine_its_own_requests(tiny_model: Path, ahe
 
     from enrich.engines.vllm import (
         ProcessRenderer,
+        ReplicaSpec,
         ThreadRenderer,
         VLLMCaptioner,
         engine_kwargs,
@@ -237,9 +238,9 @@ def test_render_processes_hand_the_engine_its_own_requests(tiny_model: Path, ahe
             raise ValueError("no config ahead")
 
         monkeypatch.setattr("enrich.engines.vllm_replica.engine_config", no_config)
-    replica = VLLMCaptioner(llm_kwargs=engine_kwargs(cfg), system_prompt=cfg.system_prompt,
-                            prompt=cfg.prompt, params=sampling_params(cfg), render_threads=1,
-                            render_processes=2, lookahead=8)
+    replica = VLLMCaptioner(ReplicaSpec(llm_kwargs=engine_kwargs(cfg), system_prompt=cfg.system_prompt,
+                                        prompt=cfg.prompt, params=sampling_params(cfg),
+                                        render_threads=1, render_processes=2, lookahead=8))
     try:
         assert isinstance(replica.renderer, ProcessRenderer)  # started: no fallback to threads
         assert not os.path.exists(replica.renderer.folder)  # the config hand-off left nothing

