@@ -156,9 +156,7 @@ class Committer:
         metadata, and the rows it decided itself (duplicates of earlier images): ``retry`` ones
         replace failed rows, ``main`` ones wait in order for the engine rows around them."""
         for kind, meta, dups in decided:
-            for piece in meta:
-                self.meta.update(zip(piece.column("source_index").to_pylist(), piece.to_pylist(),
-                                     strict=True))
+            self.meta.update(meta)
             if kind == "retry":
                 self.retry_buffer.extend(dups)
             else:

@@ -171,7 +171,7 @@ class Decided(NamedTuple):
     ``retry`` ones (replacing failed rows) or ``main`` ones."""
 
     kind: str
-    meta: list[pa.Table]
+    meta: dict[int, dict[str, Any]]  # source_index -> the row's source columns
     dups: list[dict[str, Any]]
 
 
@@ -215,8 +215,10 @@ class Handoff:
             item = self._first
             while True:
                 rows = item.table()
+                # made into rows here, in the feed thread, off the driver thread's path
+                meta = {r["source_index"]: r for piece in item.meta for r in piece.to_pylist()}
                 with self._lock:
-                    self._decided.append(Decided(item.kind, item.meta, item.dups))
+                    self._decided.append(Decided(item.kind, meta, item.dups))
                     self._sent.append((j, rows.num_rows))
                 call_feeder(self.feeder.put, j, [item.parts, rows])
                 self._flow.read += item.source_rows
