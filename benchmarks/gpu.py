@@ -562,26 +562,30 @@ def _startup_lines(t0: float) -> list[str]:
 
 
 def _replica_startup(lines: list[str], t0: float) -> list[dict[str, Any]]:
-    """enrich's replica lines as seconds after the run's start: when each replica's actor began
-    its start-up, and its split (imports, engine, renderer)."""
-    import re
+    """enrich's replica records (vllm_replica.report) as seconds after the run's start: when
+    each replica's actor began its start-up, and its split (imports, engine, renderer)."""
+
+    from enrich.engines.vllm_replica import REPORT_PREFIX
 
     out: dict[str, dict[str, Any]] = {}
     for line in lines:
         worker = line.split(":", 1)[0]
-        m = re.search(r"replica start-up ([\d.]+) s: imports ([\d.]+) s, engine ([\d.]+) s, "
-                      r"renderer ([\d.]+) s more \[t_start=([\d.]+) t_ready=([\d.]+)\]", line)
-        if m:
-            total, imp, eng, ren, ts, tr = map(float, m.groups())
+        if REPORT_PREFIX not in line:
+            continue
+        event, _, payload = line.split(REPORT_PREFIX, 1)[1].partition(" ")
+        try:
+            got = json.loads(payload)
+        except json.JSONDecodeError:  # a line cut at 300 characters by _startup_lines
+            continue
+        if event == "start-up":
             out.setdefault(worker, {}).update({
-                "actor_start_s": round(ts - t0, 1), "imports_s": imp, "engine_s": eng,
-                "renderer_s": ren, "ready_s": round(tr - t0, 1)})
-        m = re.search(r"replica batch (\d) of (\d+) rows \((\d+)\.\.(\d+)\): taken ([\d.]+) s after "
-                      r"ready, done ([\d.]+) s after ready", line)
-        if m:
+                "actor_start_s": round(got["t_start"] - t0, 1), "imports_s": got["imports_s"],
+                "engine_s": got["engine_s"], "renderer_s": got["renderer_s"],
+                "ready_s": round(got["t_ready"] - t0, 1)})
+        elif event == "batch":
             out.setdefault(worker, {}).setdefault("batches", []).append({
-                "rows": f"{m.group(3)}..{m.group(4)}", "taken_after_ready_s": float(m.group(5)),
-                "done_after_ready_s": float(m.group(6))})
+                "rows": got["rows"], "taken_after_ready_s": got["taken_after_ready_s"],
+                "done_after_ready_s": got["done_after_ready_s"]})
     return sorted(out.values(), key=lambda r: r.get("ready_s", 0))
 
 

@@ -349,3 +349,18 @@ def test_batch_size_defaults_per_engine() -> None:
     assert RunConfig(until=1, engine="vllm", batch_size=300).engine_batch_size == 300
     with pytest.raises(UsageError, match="--batch-size"):
         RunConfig(until=1, engine="vllm", batch_size=-1)
+
+
+def test_a_replica_reports_its_start_up_as_one_json_line(capfd: pytest.CaptureFixture[str]) -> None:
+    """The replica's start-up record (what benchmarks/gpu.py breaks the first row down with) is
+    one log line of JSON, not prose for a regex."""
+    import json
+
+    from enrich.engines.vllm_replica import REPORT_PREFIX, report
+
+    report("start-up", t_start=1.5, t_ready=9.25, imports_s=2.0, engine_s=5.0, renderer_s=0.8)
+    (line,) = capfd.readouterr().err.strip().splitlines()
+    event, _, payload = line.removeprefix(REPORT_PREFIX).partition(" ")
+    assert line.startswith(REPORT_PREFIX) and event == "start-up"
+    assert json.loads(payload) == {"t_start": 1.5, "t_ready": 9.25, "imports_s": 2.0,
+                                   "engine_s": 5.0, "renderer_s": 0.8}

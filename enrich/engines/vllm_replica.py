@@ -8,6 +8,8 @@ settings are in ``vllm_settings.py``, its Ray adapter in ``vllm.py``.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import sys
 import time
@@ -19,6 +21,24 @@ import pyarrow as pa
 from enrich.engines.vllm_compat import engine_config, running_config
 from enrich.engines.vllm_loop import EngineDead, EngineLoop, caption_outputs
 from enrich.engines.vllm_render import ProcessRenderer, ThreadRenderer, render_prompt
+
+# The replica's own record of its start-up and first batches, for the GPU benchmark's breakdown
+# of the time to the first row: one log line each in the replica's log (Ray's worker logs),
+# "enrich: replica EVENT {json}", through a logger of its own, so that Ray's logging levels
+# neither hide nor reformat it.
+log = logging.getLogger("enrich.replica")
+REPORT_PREFIX = "enrich: replica "
+
+
+def report(event: str, **fields: Any) -> None:
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    log.info("%s%s %s", REPORT_PREFIX, event, json.dumps(fields, sort_keys=True))
+
 
 # How long a replica waits for its render processes to start (imports, vLLM's renderer).
 RENDER_START_S = 300.0
@@ -99,14 +119,12 @@ class VLLMCaptioner:
         t_start = time.time()
         self.llm, self.renderer, sampling, times = start_replica(spec)
         self.loop = EngineLoop(self.llm, sampling, renderer=self.renderer, lookahead=spec.lookahead)
-        # One line in the replica's log (Ray's worker logs) that splits its start-up; the GPU
-        # benchmark reads it to break down the time to the first committed row.
         t_imported, t_engine = times
         t_ready = self.t_ready = time.time()
         self.logged_batches = 0
-        print(f"enrich: replica start-up {t_ready - t_start:.1f} s: imports {t_imported - t_start:.1f} s, "
-              f"engine {t_engine - t_imported:.1f} s, renderer {t_ready - t_engine:.1f} s more "
-              f"[t_start={t_start:.3f} t_ready={t_ready:.3f}]", file=sys.stderr, flush=True)
+        report("start-up", t_start=round(t_start, 3), t_ready=round(t_ready, 3),
+               imports_s=round(t_imported - t_start, 1), engine_s=round(t_engine - t_imported, 1),
+               renderer_s=round(t_ready - t_engine, 1))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         t_called = time.time()
@@ -131,7 +149,7 @@ class VLLMCaptioner:
         if self.logged_batches < LOGGED_BATCHES:
             self.logged_batches += 1
             index = batch.column("source_index")
-            print(f"enrich: replica batch {self.logged_batches} of {batch.num_rows} rows "
-                  f"({index[0]}..{index[-1]}): taken {t_called - self.t_ready:.1f} s after ready, "
-                  f"done {time.time() - self.t_ready:.1f} s after ready", file=sys.stderr, flush=True)
+            report("batch", n=self.logged_batches, rows=f"{index[0]}..{index[-1]}",
+                   taken_after_ready_s=round(t_called - self.t_ready, 1),
+                   done_after_ready_s=round(time.time() - self.t_ready, 1))
         return caption_outputs(batch, results)
