@@ -171,7 +171,6 @@ class Journal:
         }
         write_json_atomic(self.path, data)
 
-
     def discard(self) -> None:
         """Remove this run's journal and the folders its first write created: a run refused as a
         usage error before it read a row leaves nothing behind (as a bad flag does)."""

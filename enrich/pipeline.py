@@ -105,17 +105,6 @@ class RunContext:
     counts: Counts = field(default_factory=Counts)
     flow: Flow = field(default_factory=Flow)
 
-    def parallel(self) -> int:
-        """Read tasks at most at once: the cluster's CPUs."""
-        import ray
-
-        return max(1, int(ray.cluster_resources().get("CPU", 2)))
-
-    def chunk_rows(self, plan: Plan) -> int:
-        """Source rows per chunk for what this run covers."""
-        return chunk_rows_for(max(0, self.cfg.until - plan.progress.next_index) + plan.failed_to_retry,
-                              self.cfg.engine_batch_size)
-
     def result(self, outcome: Outcome, plan: Plan) -> RunResult:
         """A run that captioned nothing."""
         return RunResult(self.run_id, self.counts, 0, 0, time.time() - self.started, 0, outcome,
@@ -184,23 +173,28 @@ def _run_locked(run: RunContext, journal: Journal, engine: Engine,
     if plan.nothing_to_do:
         return run.result(Outcome.NOTHING_TO_DO, plan)
     skip = SkipIndex.from_arrow(run.table.captioned_hashes(plan.caption_config))
-    reader = Reader(shards, plan.progress, cfg.until, skip, plan.retry_rows, ReadSettings(
-        image_size=cfg.image_size, chunk_rows=run.chunk_rows(plan), read_cpus=engine.read_cpus(),
-        parallel=run.parallel(),
+    import ray
+
+    settings = ReadSettings(
+        image_size=cfg.image_size, read_cpus=engine.read_cpus(),
+        chunk_rows=chunk_rows_for(max(0, cfg.until - plan.progress.next_index) + plan.failed_to_retry,
+                                  cfg.engine_batch_size),
+        parallel=max(1, int(ray.cluster_resources().get("CPU", 2))),  # the cluster's CPUs
         # Only remote sources need the driver's settings; forwarding them costs a worker pool
         # of their own (a runtime_env), i.e. seconds of start-up.
-        env=source_env_from_env() if any(s.remote for s in shards) else None))
+        env=source_env_from_env() if any(s.remote for s in shards) else None)
+    reader = Reader(shards, plan.progress, cfg.until, skip, plan.retry_rows, settings)
     chunks = reader.chunks()
     first = next(chunks, None)
     if first is None:
         return run.result(Outcome.EXHAUSTED, plan)
     with without_known_ray_lines():  # Ray Data's actors start here, and Ray says so on fd 2
-        result = _execute(run, plan, engine, first, chunks)
+        result = _execute(run, plan, engine, settings, first, chunks)
     result.milestones["ray_started_s"] = ray_started_s
     return result
 
 
-def _execute(run: RunContext, plan: Plan, engine: Engine, first: Chunk,
+def _execute(run: RunContext, plan: Plan, engine: Engine, settings: ReadSettings, first: Chunk,
              chunks: Generator[Chunk, None, bool]) -> RunResult:
     """The streaming pipeline from the first chunk to the last commit."""
     cfg, table, counts, flow, reporter = run.cfg, run.table, run.counts, run.flow, run.reporter
@@ -210,13 +204,13 @@ def _execute(run: RunContext, plan: Plan, engine: Engine, first: Chunk,
 
     configure_data_context()
 
-    chunk_rows = run.chunk_rows(plan)
+    chunk_rows = settings.chunk_rows
     # every chunk but the last of each stream holds chunk_rows source rows
     n_chunks = math.ceil(plan.failed_to_retry / chunk_rows) + math.ceil(
         max(0, cfg.until - plan.progress.next_index) / chunk_rows) + 2
     per_block = max(1, math.ceil(n_chunks / MAX_RANGE_BLOCKS))
     handoff = Handoff(f"enrich-feeder-{run_id}",
-                      chunks_in_flight(cfg, run.parallel(), engine.batches_in_flight, chunk_rows),
+                      chunks_in_flight(cfg, settings.parallel, engine.batches_in_flight, chunk_rows),
                       first, chunks, flow)
     committer = Committer(cfg, table, plan, run_id, counts)
     milestones: dict[str, Any] = {}
