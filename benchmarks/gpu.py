@@ -334,7 +334,9 @@ def bare_worker(args: argparse.Namespace) -> None:
         while not Path(args.go + ".rendered").exists():
             time.sleep(0.01)
         # ... then the engine alone on the processed requests
+        # as enrich's replica asks: finished outputs only, token ids decoded at the end
         params.output_kind = RequestOutputKind.FINAL_ONLY
+        params.detokenize = False
         engine = llm.llm_engine
         g0 = time.time()
         for i, x in enumerate(rendered):
@@ -342,6 +344,8 @@ def bare_worker(args: argparse.Namespace) -> None:
         outs = []
         while engine.has_unfinished_requests():
             outs.extend(o for o in engine.step() if o.finished)
+        extra["decoded_chars"] = sum(map(len, llm.get_tokenizer().batch_decode(
+            [list(o.outputs[0].token_ids) for o in outs], skip_special_tokens=True)))
         g1 = time.time()
     else:
         g0 = time.time()

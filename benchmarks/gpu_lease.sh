@@ -8,7 +8,7 @@
 #
 # STASH holds the runtime's pieces (site.tar.xz.part*), host-setup.sh, make_model_dir.py and any
 # extra wheels (py-spy). Results: /tmp/lease/a.json (the engine-alone ceiling and vLLM's own
-# image benchmark), b.json (enrich at its defaults, twice), c.json (other engine settings).
+# image benchmark), b.json (enrich fed at the best engine setting of a.json, then at its defaults), c.json (other engine settings).
 set -uo pipefail
 STASH=${1:?usage: gpu_lease.sh STASH}
 L=/tmp/lease
@@ -42,17 +42,23 @@ COMMON=(--model /tmp/model --dummy-weights --n "$N" --bare-n 10000 --accelerator
 # The engine alone (inputs processed beforehand) at enrich's batch, then vLLM's own image
 # benchmark at its own defaults: the two references enrich is measured against.
 python3 benchmarks/gpu.py run "${COMMON[@]}" --out "$L/a.json" \
-  --runs "${RUNS_A:-split:1,vllm-bench-chat}"
+  --runs "${RUNS_A:-split:1,split:1+seqs1024,vllm-bench-chat}"
 say "runs B"
 K=$([ "$ACC" = H200 ] && echo 2 || echo 3)  # enrich's engines per GPU there (config.REPLICAS_PER_GPU)
-R=$([ "$ACC" = H200 ] && echo 4 || echo 3)  # render processes per engine that 16 cores hold
-# enrich at its defaults for this accelerator over 40,000 rows, then with more render processes
-# per engine: the first run fills vLLM's compile cache (the engine settings are the same), so
-# the second one's first row is the warm figure
+# The engine setting of runs A with the best engine-alone rate (its `+seqs*` suffix, or none):
+# enrich is fed at that setting with one engine and four render processes, the compile cache
+# already warm from that split run; then enrich at its defaults for this accelerator.
+BEST=$(python3 -c '
+import json, sys
+runs = [r for r in json.load(open(sys.argv[1]))["runs"]
+        if r["run"].startswith("split:1") and r.get("captions_per_s_sustained")]
+best = max(runs, key=lambda r: r["captions_per_s_sustained"], default={"run": "split:1"})
+print(best["run"][len("split:1"):])' "$L/a.json" 2>/dev/null)
+say "best engine setting of runs A: '${BEST:-default}'"
 python3 benchmarks/gpu.py run "${COMMON[@]}" --profile --out "$L/b.json" \
-  --runs "${RUNS_B:-enrich:1:$K,enrich:1:$K:$R}"
+  --runs "${RUNS_B:-enrich:1:1:4$BEST,enrich:1:$K}"
 say "runs C"
 # the other engine-alone settings, as long as the lease lasts
 python3 benchmarks/gpu.py run "${COMMON[@]}" --out "$L/c.json" \
-  --runs "${RUNS_C:-split:1+seqs512,split:1+noenc,split:1+seqs2048}"
+  --runs "${RUNS_C:-split:1+seqs2048,split:1+seqs512}"
 say "done"

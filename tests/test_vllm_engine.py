@@ -27,6 +27,7 @@ from enrich.engines.vllm import (
     image_tokens,
     render_prompt,
 )
+from enrich.engines.vllm_replica import batch_decoder
 from enrich.errors import UsageError
 from tests.conftest import cli
 
@@ -172,9 +173,10 @@ def _seed_of(image: Image.Image) -> int:
     return _SEEDS[np.asarray(image).tobytes()[:64]]
 
 
-def _replica(llm: _FakeLLM, lookahead: int = 64) -> VLLMCaptioner:
+def _replica(llm: _FakeLLM, lookahead: int = 64, decode: object = None) -> VLLMCaptioner:
     replica = VLLMCaptioner.__new__(VLLMCaptioner)
-    replica.loop = EngineLoop(llm, None, renderer=ThreadRenderer(llm, "P", 3), lookahead=lookahead)
+    replica.loop = EngineLoop(llm, None, renderer=ThreadRenderer(llm, "P", 3), lookahead=lookahead,
+                              decode=decode)
     return replica
 
 
@@ -207,6 +209,35 @@ def test_replica_captions_pending_rows_and_fails_refused_ones_alone() -> None:
         assert (r["status"], r["caption"], r["num_generated_tokens"], r["caption_truncated"],
                 r["error"]) == ("captioned", f"caption {s}", 4, False, None)
     assert llm.llm_engine.added == 6
+
+
+def test_captions_are_decoded_per_batch_in_the_callers_thread() -> None:
+    """With a decoder (the engine asked for token ids only), a batch's captions come from one
+    decode call made in the thread that called the replica, never the engine loop's thread; a
+    refused row is not decoded."""
+    calls: list[tuple[str, list[list[int]]]] = []
+
+    def decode(ids: list[list[int]]) -> list[str]:
+        calls.append((threading.current_thread().name, ids))
+        return [f" decoded {len(t)} " for t in ids]
+
+    rows = _pending_rows(range(5))
+    out = _replica(_FakeLLM(refuse_render={3}), decode=decode)(_batch(rows)).to_pylist()
+    assert [r["caption"] for r in out] == ["decoded 4"] * 3 + [None, "decoded 4"]
+    assert out[3]["status"] == "failed"
+    assert len(calls) == 1 and calls[0][0] == threading.current_thread().name
+    assert calls[0][1] == [[0, 1, 2, 3]] * 4
+
+
+def test_the_batch_decoder_skips_special_tokens() -> None:
+    seen: list[dict] = []
+
+    class Tok:
+        def batch_decode(self, ids: list[list[int]], **kw: object) -> list[str]:
+            seen.append(kw)
+            return [str(i) for i in ids]
+
+    assert batch_decoder(Tok())([[1, 2]]) == ["[1, 2]"] and seen == [{"skip_special_tokens": True}]
 
 
 def test_an_unreadable_prepared_image_fails_its_row_alone() -> None:

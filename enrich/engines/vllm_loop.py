@@ -27,10 +27,11 @@ class Caption:
     error: str | None = None
 
 
-def caption_from_output(output: Any) -> Caption:
-    """A finished ``vllm.RequestOutput`` → the row's caption (pure: reads attributes only)."""
+def caption_from_output(output: Any, text: str | None = None) -> Caption:
+    """A finished ``vllm.RequestOutput`` → the row's caption (pure: reads attributes only).
+    ``text``: its tokens decoded here, where the engine was asked not to detokenize."""
     completion = output.outputs[0]
-    text = (completion.text or "").strip()
+    text = ((completion.text if text is None else text) or "").strip()
     tokens = len(completion.token_ids)
     if not text:
         return Caption(tokens=tokens, error="engine returned an empty caption")
@@ -64,12 +65,13 @@ class _Batch:
 
     def __init__(self, n: int) -> None:
         self.left = n
-        self.results: dict[int, Caption] = {}
+        # position -> a Caption (a refused row) or the finished vllm.RequestOutput
+        self.results: dict[int, Any] = {}
         self.done = threading.Event()
         # finished from the caller's thread (a refused render) and the loop's (a caption)
         self._lock = threading.Lock()
 
-    def finish(self, pos: int, caption: Caption) -> None:
+    def finish(self, pos: int, caption: Any) -> None:
         with self._lock:
             self.results[pos] = caption
             self.left -= 1
@@ -87,10 +89,16 @@ class EngineLoop:
     ``renderer`` (a process or thread pool) while the loop thread alone talks to the engine (its
     sockets are not thread-safe). ``lookahead`` bounds the rendered requests held per replica
     (each holds its image's pixel tensor): a row's JPEG goes to the renderer only when its slot
-    is free, not a whole batch at once ahead of the engine."""
+    is free, not a whole batch at once ahead of the engine.
 
-    def __init__(self, llm: Any, params: Any, *, renderer: Any, lookahead: int) -> None:
-        self.params, self.renderer = params, renderer
+    ``decode`` (token id lists → texts): where the sampling parameters ask vLLM not to
+    detokenize, a batch's captions are decoded at once in the caller's thread when the batch is
+    done, instead of token by token in the loop thread at every engine step (vLLM's incremental
+    detokenizer: ~100 calls per caption in the thread that must keep the GPU fed)."""
+
+    def __init__(self, llm: Any, params: Any, *, renderer: Any, lookahead: int,
+                 decode: Any = None) -> None:
+        self.params, self.renderer, self.decode = params, renderer, decode
         self.engine = llm.llm_engine
         self.slots = threading.Semaphore(lookahead)
         # One batch at a time hands its rows to the engine, in the order the batches came: the
@@ -123,7 +131,18 @@ class EngineLoop:
         while not batch.done.wait(1.0):
             if self.dead is not None:
                 raise EngineDead(str(self.dead))
-        return batch.results
+        return self._captions(batch.results)
+
+    def _captions(self, results: dict[int, Any]) -> dict[int, Caption]:
+        """Finished outputs → captions, their texts decoded in one call where ``decode`` is set."""
+        done = [(pos, out) for pos, out in results.items() if not isinstance(out, Caption)]
+        texts: list[str | None] = [None] * len(done)
+        if self.decode is not None and done:
+            texts = list(self.decode([list(out.outputs[0].token_ids) for _, out in done]))
+        captions = {pos: c for pos, c in results.items() if isinstance(c, Caption)}
+        for (pos, out), text in zip(done, texts, strict=True):
+            captions[pos] = caption_from_output(out, text)
+        return captions
 
     def _hand_over_done(self, batch: _Batch, futures: list[tuple[int, Any]]) -> None:
         """Hand the rendered requests at the head of ``futures`` to the loop, in order."""
@@ -174,7 +193,7 @@ class EngineLoop:
                     if out.finished and out.request_id in self.waiting:
                         batch, pos = self.waiting.pop(out.request_id)
                         self.slots.release()
-                        batch.finish(pos, caption_from_output(out))
+                        batch.finish(pos, out)  # made a Caption in the caller's thread
         except BaseException as exc:  # noqa: BLE001 - every caller learns that the engine is gone
             self.dead = exc  # callers see it within a second and end the replica
             self.slots.release(1_000_000)

@@ -95,6 +95,10 @@ def start_replica(spec: ReplicaSpec) -> tuple[Any, ThreadRenderer | ProcessRende
     t_engine = time.time()
     sampling = SamplingParams(**spec.params)
     sampling.output_kind = RequestOutputKind.FINAL_ONLY  # as LLM.generate asks: no streaming
+    # Token ids only: the replica decodes each batch's captions at once (EngineLoop.decode), so
+    # vLLM's detokenizer does not run per token in the thread that steps the engine. Nothing
+    # here needs text during generation (no stop strings; EOS is a token id).
+    sampling.detokenize = False
     text = render_prompt(llm.get_tokenizer(), spec.system_prompt, spec.prompt)
     if procs is not None:
         try:
@@ -109,6 +113,13 @@ def start_replica(spec: ReplicaSpec) -> tuple[Any, ThreadRenderer | ProcessRende
     return llm, ThreadRenderer(llm, text, spec.render_threads), sampling, (t_imported, t_engine)
 
 
+def batch_decoder(tokenizer: Any) -> Any:
+    """Token id lists → texts, as vLLM's detokenizer would give them (special tokens skipped)."""
+    def decode(ids: list[list[int]]) -> list[str]:
+        return list(tokenizer.batch_decode(ids, skip_special_tokens=True))
+    return decode
+
+
 class VLLMCaptioner:
     """One engine replica (a Ray actor): a ``vllm.LLM``, the prompt every row shares, and the
     loop that feeds it. Ray Data runs two batches on it at once (``BATCHES_IN_FLIGHT``)."""
@@ -118,7 +129,8 @@ class VLLMCaptioner:
     def __init__(self, spec: ReplicaSpec) -> None:
         t_start = time.time()
         self.llm, self.renderer, sampling, times = start_replica(spec)
-        self.loop = EngineLoop(self.llm, sampling, renderer=self.renderer, lookahead=spec.lookahead)
+        self.loop = EngineLoop(self.llm, sampling, renderer=self.renderer, lookahead=spec.lookahead,
+                               decode=batch_decoder(self.llm.get_tokenizer()))
         t_imported, t_engine = times
         t_ready = self.t_ready = time.time()
         self.logged_batches = 0
