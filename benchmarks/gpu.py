@@ -322,6 +322,8 @@ def bare_worker(args: argparse.Namespace) -> None:
     if args.split:
         from vllm.sampling_params import RequestOutputKind
 
+        from enrich.engines.vllm_replica import batch_decoder
+
         # vLLM's input processing alone, one thread (what LLM.generate does per prompt), timed
         # on the first RENDER_SAMPLE images; the rest in enrich's render processes (the same
         # requests, tests/test_vllm_cpu.py checks), so a 10,000-request ceiling does not wait
@@ -344,8 +346,8 @@ def bare_worker(args: argparse.Namespace) -> None:
         outs = []
         while engine.has_unfinished_requests():
             outs.extend(o for o in engine.step() if o.finished)
-        extra["decoded_chars"] = sum(map(len, llm.get_tokenizer().batch_decode(
-            [list(o.outputs[0].token_ids) for o in outs], skip_special_tokens=True)))
+        extra["decoded_chars"] = sum(map(len, batch_decoder(llm.get_tokenizer())(
+            [o.outputs[0].token_ids for o in outs])))
         g1 = time.time()
     else:
         g0 = time.time()

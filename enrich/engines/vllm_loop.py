@@ -138,7 +138,7 @@ class EngineLoop:
         done = [(pos, out) for pos, out in results.items() if not isinstance(out, Caption)]
         texts: list[str | None] = [None] * len(done)
         if self.decode is not None and done:
-            texts = list(self.decode([list(out.outputs[0].token_ids) for _, out in done]))
+            texts = list(self.decode([out.outputs[0].token_ids for _, out in done]))
         captions = {pos: c for pos, c in results.items() if isinstance(c, Caption)}
         for (pos, out), text in zip(done, texts, strict=True):
             captions[pos] = caption_from_output(out, text)

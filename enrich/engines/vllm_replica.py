@@ -95,10 +95,6 @@ def start_replica(spec: ReplicaSpec) -> tuple[Any, ThreadRenderer | ProcessRende
     t_engine = time.time()
     sampling = SamplingParams(**spec.params)
     sampling.output_kind = RequestOutputKind.FINAL_ONLY  # as LLM.generate asks: no streaming
-    # Token ids only: the replica decodes each batch's captions at once (EngineLoop.decode), so
-    # vLLM's detokenizer does not run per token in the thread that steps the engine. Nothing
-    # here needs text during generation (no stop strings; EOS is a token id).
-    sampling.detokenize = False
     text = render_prompt(llm.get_tokenizer(), spec.system_prompt, spec.prompt)
     if procs is not None:
         try:
@@ -129,6 +125,10 @@ class VLLMCaptioner:
     def __init__(self, spec: ReplicaSpec) -> None:
         t_start = time.time()
         self.llm, self.renderer, sampling, times = start_replica(spec)
+        # Token ids only: the loop decodes each batch's captions at once, so vLLM's detokenizer
+        # does not run per token in the thread that steps the engine. Nothing needs text during
+        # generation (no stop strings; EOS is a token id).
+        sampling.detokenize = False
         self.loop = EngineLoop(self.llm, sampling, renderer=self.renderer, lookahead=spec.lookahead,
                                decode=batch_decoder(self.llm.get_tokenizer()))
         t_imported, t_engine = times
