@@ -7,9 +7,9 @@
 #   setsid nohup bash benchmarks/gpu_lease.sh STASH > /tmp/lease/plan.log 2>&1 &
 #
 # STASH holds the runtime's pieces (site.tar.xz.part*), host-setup.sh, make_model_dir.py and any
-# extra wheels (py-spy). Results: /tmp/lease/a.json (the engine-alone ceiling), b.json (enrich fed at
-# the best engine setting of a.json, vLLM's own image benchmark, enrich at its defaults),
-# c.json (other engine settings).
+# extra wheels (py-spy). Results, each written as soon as its runs end:
+# /tmp/lease/e.json (enrich, one engine, 256 sequences), a.json (the engine-alone ceiling),
+# b.json (vLLM's own image benchmark, enrich at its defaults), c.json (other engine settings).
 set -uo pipefail
 STASH=${1:?usage: gpu_lease.sh STASH}
 L=/tmp/lease
@@ -36,30 +36,26 @@ while [ -e "$STASH/inputs.started" ] && [ ! -e "$STASH/inputs.done" ]; do sleep 
 N=${N:-40000}  # rows of the enrich runs (a lease that runs only the engine-alone ceiling: fewer)
 python3 benchmarks/gpu.py inputs --n "$N" --bare-n 10000 || exit 1
 wait  # compileall
-say "runs A"
+say "runs E"
 LEASE=${LEASE:-"$ACC lease $(date -u +%Y-%m-%dT%H:%MZ)"}
 COMMON=(--model /tmp/model --dummy-weights --n "$N" --bare-n 10000 --accelerator-type "$ACC"
         --lease "$LEASE")
+K=$([ "$ACC" = H200 ] && echo 2 || echo 3)  # enrich's engines per GPU there (config.REPLICAS_PER_GPU)
+# First what the lease is for, because a machine can go back mid-lease and take what is on its
+# disk with it (it did, twice, on 2026-12-07): enrich over N rows with one engine at 256
+# sequences and four render processes, py-spy samples of its replica and engine core. Runs E.
+python3 benchmarks/gpu.py run "${COMMON[@]}" --profile --out "$L/e.json" \
+  --runs "${RUNS_E:-enrich:1:1:4}"
+say "runs A"
 # The engine alone (inputs processed beforehand) at enrich's batch and at vLLM's own default
-# for a large GPU: the ceiling enrich is measured against.
+# for a large GPU: the ceiling enrich is measured against, on the same machine.
 python3 benchmarks/gpu.py run "${COMMON[@]}" --out "$L/a.json" \
   --runs "${RUNS_A:-split:1,split:1+seqs1024}"
 say "runs B"
-K=$([ "$ACC" = H200 ] && echo 2 || echo 3)  # enrich's engines per GPU there (config.REPLICAS_PER_GPU)
-# The engine setting of runs A with the best engine-alone rate (its `+seqs*` suffix, or none):
-# enrich is fed at that setting with one engine and four render processes, the compile cache
-# already warm from that split run; then vLLM's own image benchmark at its own defaults (the
-# other reference), then enrich at its defaults for this accelerator. In this order because a
-# lease can end early: enrich against its ceiling is what the lease is for.
-BEST=$(python3 -c '
-import json, sys
-runs = [r for r in json.load(open(sys.argv[1]))["runs"]
-        if r["run"].startswith("split:1") and r.get("captions_per_s_sustained")]
-best = max(runs, key=lambda r: r["captions_per_s_sustained"], default={"run": "split:1"})
-print(best["run"][len("split:1"):])' "$L/a.json" 2>/dev/null)
-say "best engine setting of runs A: '${BEST:-default}'"
+# vLLM's own image benchmark at its own defaults (the other reference), then enrich at its
+# defaults for this accelerator with the compile cache warm (its first committed row).
 python3 benchmarks/gpu.py run "${COMMON[@]}" --profile --out "$L/b.json" \
-  --runs "${RUNS_B:-enrich:1:1:4$BEST,vllm-bench-chat,enrich:1:$K}"
+  --runs "${RUNS_B:-vllm-bench-chat,enrich:1:$K}"
 say "runs C"
 # the other engine-alone settings, as long as the lease lasts
 python3 benchmarks/gpu.py run "${COMMON[@]}" --out "$L/c.json" \
