@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from enrich import __version__
 from enrich.args import Parser, json_object, nonneg_float, nonneg_int, pos_int, whole_int
 from enrich.config import ENGINES
-from enrich.errors import EnrichError, UsageError, one_line
+from enrich.errors import EnrichError, Terminated, UsageError, one_line
 from enrich.journal import Outcome
 
 COMMANDS = ("status", "sql", "compact", "gallery")
@@ -161,10 +161,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EnrichError as exc:
         print(f"enrich: error: {one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("enrich: interrupted; committed rows are safe, run the same command to resume",
+    except KeyboardInterrupt as exc:
+        how, code = ("terminated (SIGTERM)", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+        print(f"enrich: {how}; committed rows are safe, run the same command to resume",
               file=sys.stderr)
-        return 130
+        return code
     except BrokenPipeError:
         # stdout was closed by its reader (`enrich status | head -1`): what it wanted, it got.
         # Point stdout at /dev/null so that the final flush cannot raise again.

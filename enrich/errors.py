@@ -24,6 +24,11 @@ def clip(text: str, limit: int = 300) -> str:
     return text[:limit].rsplit(" ", 1)[0].rstrip(" .,;:") + " …"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM to a run (``kill``, ``timeout``, a service manager): an interruption like Ctrl-C,
+    so the journal says "interrupted"; the CLI exits 143."""
+
+
 class EnrichError(Exception):
     """Base class. ``exit_code`` is what the CLI exits with."""
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from typing import Any
 
 from enrich.config import RunConfig
-from enrich.errors import UsageError
+from enrich.errors import Terminated, UsageError
 from enrich.source import connect_error
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,22 @@ def init_ray(cfg: RunConfig) -> None:
         _check_local_auth()
         ray.init(num_cpus=cfg.num_cpus or max(2, os.cpu_count() or 2), **kwargs)
         _restrict_token_file()
+    _sigterm_interrupts()
+
+
+def _sigterm_interrupts() -> None:
+    """SIGTERM as an interruption. Ray 2.60's core worker, connected inside ``ray.init``, answers
+    SIGTERM to the driver with a C++ stack dump on stderr (``*** SIGTERM received at time=...``,
+    ``PC: @ ... clock_nanosleep``, frames) and exit 15, before enrich can say a word or the
+    journal can record the stop. Set after ``ray.init``, this handler replaces that one; signals
+    reach Python handlers in the main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 # A local Ray (2.60) binds its gRPC servers (GCS, raylet, object manager, workers) to every
