@@ -9,7 +9,8 @@
 # STASH holds the runtime's pieces (site.tar.xz.part*), host-setup.sh, make_model_dir.py and any
 # extra wheels (py-spy). Results, each written as soon as its runs end:
 # /tmp/lease/e.json (enrich, one engine, 256 sequences), a.json (the engine-alone ceiling),
-# b.json (vLLM's own image benchmark, enrich at its defaults), c.json (other engine settings).
+# b.json (vLLM's own image benchmark, enrich at its defaults), d.json (a warm start-up probe),
+# c.json (other engine settings).
 set -uo pipefail
 STASH=${1:?usage: gpu_lease.sh STASH}
 L=/tmp/lease
@@ -56,6 +57,11 @@ say "runs B"
 # defaults for this accelerator with the compile cache warm (its first committed row).
 python3 benchmarks/gpu.py run "${COMMON[@]}" --profile --out "$L/b.json" \
   --runs "${RUNS_B:-vllm-bench-chat,enrich:1:$K}"
+say "runs D"
+# the time to the first committed row on a warm machine (compile cache filled by the runs above):
+# a short run of the first enrich setting, the first 3,000 rows of the same input set
+python3 benchmarks/gpu.py run "${COMMON[@]}" --n 3000 --shards-n "$N" --out "$L/d.json" \
+  --runs "${RUNS_D:-${RUNS_E:-enrich:1:1:4}}"
 say "runs C"
 # the other engine-alone settings, as long as the lease lasts
 python3 benchmarks/gpu.py run "${COMMON[@]}" --out "$L/c.json" \
