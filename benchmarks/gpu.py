@@ -427,7 +427,7 @@ def run_bare(k: int, model: str, dummy: bool, prepared: Path, work: Path, accele
 # ------------------------------------------------------------------------------------------
 # enrich end to end.
 # ------------------------------------------------------------------------------------------
-def _profile(d: Path, seconds: int) -> None:
+def _profile(d: Path, seconds: int) -> dict[str, Any]:
     """py-spy samples of one engine replica (the Ray actor) and one vLLM engine core."""
     spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
     if not spy:
@@ -441,12 +441,53 @@ def _profile(d: Path, seconds: int) -> None:
             targets["replica"] = pid
         elif "EngineCore" in args and "engine-core" not in targets:
             targets["engine-core"] = pid
-    procs = [subprocess.Popen([spy, "record", "--pid", pid, "--duration", str(seconds), "--rate", "50",
-                               "--format", "raw", "--nonblocking", "-o", str(d / f"pyspy-{name}.txt")],
+    # The replica sampled only where a thread holds its GIL (--gil): the samples taken over the
+    # samples asked for is how busy that one lock is, and the frames say with what.
+    procs = [subprocess.Popen([spy, "record", "--pid", pid, "--duration", str(seconds), "--rate",
+                               str(PROFILE_RATE), "--format", "raw", "--nonblocking",
+                               *(["--gil"] if name == "replica" else []),
+                               "-o", str(d / f"pyspy-{name}.txt")],
                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
              for name, pid in targets.items()]
     for p in procs:
         p.wait()
+    return {name: _profile_summary(d / f"pyspy-{name}.txt", seconds) for name in targets}
+
+
+PROFILE_RATE = 50
+
+
+def _frame(raw: str) -> str:
+    """py-spy's ``func (path/to/file.py:12)`` → ``func file.py:12``."""
+    name, _, where = raw.partition(" (")
+    return f"{name} {where.rstrip(')').rsplit('/', 1)[-1]}" if where else name
+
+
+def _profile_summary(path: Path, seconds: int, top: int = 12) -> dict[str, Any]:
+    """A py-spy raw profile (``frame;frame;... count`` per line, outermost first) → samples,
+    their share of the samples asked for, and the functions with the most samples: as the
+    innermost frame (self) and anywhere on the stack (inclusive)."""
+    if not path.exists():
+        return {"error": "no profile written"}
+    own: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [_frame(f) for f in stack.split(";")]
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for f in set(frames):
+            incl[f] = incl.get(f, 0) + n
+
+    def best(counts: dict[str, int]) -> list[tuple[str, float]]:
+        return [(f, round(c / max(1, total), 3)) for f, c in sorted(counts.items(), key=lambda kv: -kv[1])[:top]]
+
+    return {"samples": total, "share_of_asked": round(total / (seconds * PROFILE_RATE), 3),
+            "self": best(own), "inclusive": best(incl)}
 
 
 def _census() -> dict[str, int]:
@@ -489,12 +530,13 @@ def run_enrich(gpus: int, k: int, model: str, dummy: bool, shards: Path, n: int,
         proc = subprocess.Popen(cmd, stdout=open(d / "log", "w"), stderr=subprocess.STDOUT, cwd=d,
                                 env=env)
         census: dict[str, int] = {}
+        profiled: dict[str, Any] = {}
         while proc.poll() is None and not _committed_past(table, n // 3):
             time.sleep(2)
         if proc.poll() is None:
             census = _census()
             if profile:
-                _profile(d, 20)
+                profiled = _profile(d, 20)
         proc.wait()
         t_end = time.time()
     if proc.returncode != 0:
@@ -529,7 +571,7 @@ def run_enrich(gpus: int, k: int, model: str, dummy: bool, shards: Path, n: int,
         "mean_output_tokens": round(out_tokens / max(1, statuses.get("captioned", 0)), 1),
         "first_committed_row_s": round(cum[0][0] - t0, 1), "wall_s": round(t_end - t0, 1),
         "gpu_util_pct": s.gpu_mean(gpus, ta, tb), "cpu_cores_busy": Sampler.mean(s.cpu, ta, tb),
-        "commits": len(commits), "processes_mid_run": census,
+        "commits": len(commits), "processes_mid_run": census, "profile": profiled,
         "env_added": env_added,
         "replica_startup": _replica_startup(startup, t0), "driver_milestones": _milestones(d / "ck", table, t0),
         "startup_log": startup[-40:],
