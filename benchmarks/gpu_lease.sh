@@ -34,12 +34,13 @@ ACC=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -o 'H[1
 say "accelerator $ACC; inputs"
 # (an earlier call may have started making them while the pieces travelled: wait for it)
 while [ -e "$STASH/inputs.started" ] && [ ! -e "$STASH/inputs.done" ]; do sleep 2; done
+BARE_N=${BARE_N:-10000}  # requests of the engine-alone runs
 N=${N:-40000}  # rows of the enrich runs (a lease that runs only the engine-alone ceiling: fewer)
-python3 benchmarks/gpu.py inputs --n "$N" --bare-n 10000 || exit 1
+python3 benchmarks/gpu.py inputs --n "$N" --bare-n "$BARE_N" || exit 1
 wait  # compileall
 say "runs E"
 LEASE=${LEASE:-"$ACC lease $(date -u +%Y-%m-%dT%H:%MZ)"}
-COMMON=(--model /tmp/model --dummy-weights --n "$N" --bare-n 10000 --accelerator-type "$ACC"
+COMMON=(--model /tmp/model --dummy-weights --n "$N" --bare-n "$BARE_N" --accelerator-type "$ACC"
         --lease "$LEASE")
 K=$([ "$ACC" = H200 ] && echo 2 || echo 3)  # enrich's engines per GPU there (config.REPLICAS_PER_GPU)
 # First what the lease is for, because a machine can go back mid-lease and take what is on its
