@@ -48,7 +48,8 @@ VARIANTS below (for enrich runs through --engine-kwargs); enrich runs also take 
 Per run: GPU utilisation (nvidia-smi, mean over the GPUs used while generating) and CPU cores
 busy (/proc/stat) over the same window. `--profile` also takes py-spy samples of an enrich
 engine replica and its vLLM engine-core process in the middle of the run (py-spy must be
-installed there; it is not a dependency of enrich).
+installed there; it is not a dependency of enrich); a summary of them (samples, share of those
+asked for, the functions most sampled) goes into the run's JSON, `profile`.
 """
 
 from __future__ import annotations
