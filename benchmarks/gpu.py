@@ -432,8 +432,7 @@ def _profile(d: Path, seconds: int) -> dict[str, Any]:
     """py-spy samples of one engine replica (the Ray actor) and one vLLM engine core."""
     spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
     if not spy:
-        (d / "profile-skipped").write_text("py-spy not on PATH\n")
-        return
+        return {"skipped": "py-spy not on PATH"}
     ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
     targets = {}
     for line in ps.splitlines()[1:]:
