@@ -24,7 +24,7 @@ from enrich.settings import resolve
 from enrich.sink import CaptionsTable
 from tests.conftest import cli
 from tests.helpers import read_table
-from tests.test_kill_resume import commits_in
+from tests.test_kill_resume import stop_after
 
 
 def _dead_pid() -> int:
@@ -229,27 +229,20 @@ def test_sigterm_to_a_run_is_one_line_and_journaled_interrupted(tmp_path: Path,
     Ray's C++ stack dump ("*** SIGTERM received ...", its core worker's handler) with exit 15;
     the journal says interrupted and the rerun resumes exactly."""
     import signal
-    import time
 
     table, ck = tmp_path / "t", tmp_path / "ck"
-    args = [sys.executable, "-m", "enrich", "--until", "256", "--source", "sample",
-            "--table", str(table), "--checkpoint-dir", str(ck), "--engine", "dry-run",
-            "--dry-run-ms-per-image", "200", "--commit-every", "16", "--quiet",
-            "--ray-address", ray_address]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while proc.poll() is None and commits_in(table) < 2:  # the table's creation and one commit
-        assert time.monotonic() < deadline, "run made no progress in 120 s"
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be stopped"
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143, err
+    args = ["--until", "256", "--source", "sample", "--table", str(table), "--checkpoint-dir",
+            str(ck), "--engine", "dry-run", "--dry-run-ms-per-image", "200", "--commit-every", "16",
+            "--quiet", "--ray-address", ray_address]
+    # stopped once the table is created and has one commit of rows
+    code, err = stop_after(args, table, commits=2, delay=0.0, sig=signal.SIGTERM)
+    assert code != 0, "the run ended before it could be stopped"
+    assert code == 143, err
     assert "SIGTERM received" not in err and "Traceback" not in err, err
     assert err.strip().splitlines() == [
         "enrich: terminated (SIGTERM); committed rows are safe, run the same command to resume"]
     assert [j["outcome"] for j in read_journals(str(ck), str(table))] == ["interrupted"]
-    res = cli(*args[3:], timeout=300)
+    res = cli(*args, timeout=300)
     assert res.returncode == 0, res.stderr
     rows = read_table(str(table)).column("source_index").to_pylist()
     assert sorted(rows) == list(range(256))

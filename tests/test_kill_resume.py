@@ -19,23 +19,34 @@ def commits_in(table: Path) -> int:
     return len(list(log.glob("*.json"))) if log.is_dir() else 0
 
 
-def kill_after(args: list[str], table: Path, commits: int, delay: float) -> int:
+def stop_after(args: list[str], table: Path, commits: int, delay: float,
+               sig: int = signal.SIGKILL) -> tuple[int, str]:
     """Start ``python -m enrich ARGS``; once the table has ``commits`` more commits, wait
-    ``delay`` seconds and SIGKILL it. Returns its exit code (-9 when killed)."""
+    ``delay`` seconds and send it ``sig``. Returns its exit code and its stderr (a file, not a
+    pipe: a chatty run never blocks on it)."""
+    import tempfile
+
     start = commits_in(table)
-    proc = subprocess.Popen([sys.executable, "-m", "enrich", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while proc.poll() is None and commits_in(table) < start + commits:
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError("run made no progress in 120 s")
-        time.sleep(0.01)
-    time.sleep(delay)
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    return proc.returncode
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "enrich", *args],
+                                stdout=subprocess.DEVNULL, stderr=err, text=True)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and commits_in(table) < start + commits:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError("run made no progress in 120 s")
+            time.sleep(0.01)
+        time.sleep(delay)
+        if proc.poll() is None:
+            proc.send_signal(sig)
+        proc.wait(timeout=120)
+        err.seek(0)
+        return proc.returncode, err.read()
+
+
+def kill_after(args: list[str], table: Path, commits: int, delay: float) -> int:
+    """:func:`stop_after` with SIGKILL; the exit code (-9 when killed)."""
+    return stop_after(args, table, commits, delay)[0]
 
 
 def run_killed_sequence(shards: Path, workdir: Path, ray_address: str,
