@@ -428,6 +428,9 @@ def run_bare(k: int, model: str, dummy: bool, prepared: Path, work: Path, accele
 # ------------------------------------------------------------------------------------------
 # enrich end to end.
 # ------------------------------------------------------------------------------------------
+PROFILE_RATE = 50  # py-spy samples per second
+
+
 def _profile(d: Path, seconds: int) -> dict[str, Any]:
     """py-spy samples of one engine replica (the Ray actor) and one vLLM engine core."""
     spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
@@ -454,9 +457,6 @@ def _profile(d: Path, seconds: int) -> dict[str, Any]:
     return {name: _profile_summary(d / f"pyspy-{name}.txt", seconds) for name in targets}
 
 
-PROFILE_RATE = 50
-
-
 def _frame(raw: str) -> str:
     """py-spy's ``func (path/to/file.py:12)`` → ``func file.py:12``."""
     name, _, where = raw.partition(" (")
@@ -469,22 +469,21 @@ def _profile_summary(path: Path, seconds: int, top: int = 12) -> dict[str, Any]:
     innermost frame (self) and anywhere on the stack (inclusive)."""
     if not path.exists():
         return {"error": "no profile written"}
-    own: dict[str, int] = {}
-    incl: dict[str, int] = {}
-    total = 0
+    from collections import Counter
+
+    own: Counter[str] = Counter()
+    incl: Counter[str] = Counter()
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        n = int(count)
-        total += n
         frames = [_frame(f) for f in stack.split(";")]
-        own[frames[-1]] = own.get(frames[-1], 0) + n
-        for f in set(frames):
-            incl[f] = incl.get(f, 0) + n
+        own[frames[-1]] += int(count)
+        incl.update(dict.fromkeys(frames, int(count)))
+    total = own.total()
 
-    def best(counts: dict[str, int]) -> list[tuple[str, float]]:
-        return [(f, round(c / max(1, total), 3)) for f, c in sorted(counts.items(), key=lambda kv: -kv[1])[:top]]
+    def best(counts: Counter[str]) -> list[tuple[str, float]]:
+        return [(f, round(c / max(1, total), 3)) for f, c in counts.most_common(top)]
 
     return {"samples": total, "share_of_asked": round(total / (seconds * PROFILE_RATE), 3),
             "self": best(own), "inclusive": best(incl)}
