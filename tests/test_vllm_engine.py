@@ -22,6 +22,7 @@ from enrich.engines.vllm import (
     EngineLoop,
     ThreadRenderer,
     VLLMCaptioner,
+    VLLMEngine,
     caption_from_output,
     engine_kwargs,
     image_tokens,
@@ -353,8 +354,6 @@ def test_engines_per_gpu_follow_the_table_and_the_flag_overrides_it() -> None:
 
 
 def test_shared_gpu_engines_get_a_share_and_a_fixed_kv_cache() -> None:
-    from enrich.engines.vllm import VLLMEngine
-
     cfg = RunConfig(until=1, engine="vllm", accelerator_type="H100", concurrency=2, num_cpus=16)
     engine = VLLMEngine(cfg)
     assert engine.gpus_per_replica == 0.3333 and cfg.replicas == 6  # 2 GPUs x 3 engines
@@ -380,6 +379,31 @@ def test_batch_size_defaults_per_engine() -> None:
     assert RunConfig(until=1, engine="vllm", batch_size=300).engine_batch_size == 300
     with pytest.raises(UsageError, match="--batch-size"):
         RunConfig(until=1, engine="vllm", batch_size=-1)
+
+
+def test_smaller_batches_mean_more_batches_in_flight_not_fewer_rows() -> None:
+    """A GPU replica holds 4 x max_num_seqs rows whatever --batch-size is: at the default 512-row
+    batches that is two, at one wave of 256 rows four; never fewer than two. The pipeline bounds
+    the chunks it holds by the same count (pipeline.chunks_in_flight)."""
+    from enrich.pipeline import chunks_in_flight
+
+    def engine(**kw: object) -> VLLMEngine:
+        return VLLMEngine(RunConfig(until=1, engine="vllm", accelerator_type="H100", **kw))  # type: ignore[arg-type]
+
+    assert engine().batches_in_flight == 2
+    assert engine(batch_size=256).batches_in_flight == 4
+    assert engine(batch_size=300).batches_in_flight == 4  # 1,024 rows: rounded up
+    assert engine(batch_size=4096).batches_in_flight == 2
+    big = engine(engine_kwargs={"max_num_seqs": 1024})
+    assert (big.cfg.engine_batch_size, big.batches_in_flight) == (2048, 2)
+    assert engine(batch_size=256, engine_kwargs={"max_num_seqs": 512}).batches_in_flight == 8
+    # the CPU backend keeps two small batches
+    assert VLLMEngine(RunConfig(until=1, engine="vllm", accelerator_type="cpu")).batches_in_flight == 2
+    # the rows the pipeline lets in for the engine are the same at 512- and 256-row batches
+    a, b = engine(), engine(batch_size=256)
+    assert (chunks_in_flight(a.cfg, 2, a.batches_in_flight)
+            == chunks_in_flight(b.cfg, 2, b.batches_in_flight))
+    assert engine(batch_size=256, num_cpus=16).describe()["batches_in_flight_per_replica"] == 4
 
 
 def test_a_replica_reports_its_start_up_as_one_json_line(capfd: pytest.CaptureFixture[str]) -> None:

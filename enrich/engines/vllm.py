@@ -5,8 +5,8 @@ and the :class:`EngineLoop` that feeds it: the prompt is the chat template rende
 replica (it is the same for every row); a renderer decodes each row's prepared JPEG and runs
 vLLM's input processing on it (:class:`ProcessRenderer`: spawned processes, the GPU default;
 :class:`ThreadRenderer`: threads of the replica, for the CPU backend); one thread adds the
-processed requests to the engine and collects the finished captions, for the two batches a
-replica works on at once.
+processed requests to the engine and collects the finished captions, for the batches a
+replica works on at once (``batches_in_flight``).
 
 Why not Ray Data LLM's processor (``ray.data.llm.build_processor``), which this engine used up
 to 0.1.0: on one H200 (PERFORMANCE.md) each of its engines delivered about half of a bare
@@ -31,11 +31,11 @@ from enrich.engines.vllm_loop import Caption, EngineLoop, caption_from_output, c
 from enrich.engines.vllm_render import ProcessRenderer, ThreadRenderer, chat, render_prompt
 from enrich.engines.vllm_replica import ReplicaSpec, VLLMCaptioner
 from enrich.engines.vllm_settings import (  # the engine's settings, part of its API too
-    BATCHES_IN_FLIGHT,
     RENDER_PROCESSES,
     RENDER_THREADS,
     REPLICA_CPUS,
     CpuPlan,
+    batches_in_flight,
     engine_kwargs,
     image_tokens,
     is_cpu,
@@ -51,10 +51,10 @@ if TYPE_CHECKING:
 
 class VLLMEngine:
     name = "vllm"
-    batches_in_flight = BATCHES_IN_FLIGHT
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
+        self.batches_in_flight = batches_in_flight(cfg)
         self.cpus: CpuPlan | None = None  # fitted to the cluster by check_cluster
 
     def _cpu_plan(self) -> CpuPlan:
@@ -98,7 +98,7 @@ class VLLMEngine:
                      "per_read_task": cpus.read_task},
             "render_processes_per_replica": self.render_processes,
             "render_threads_per_replica": self.render_threads,
-            "batches_in_flight_per_replica": BATCHES_IN_FLIGHT,
+            "batches_in_flight_per_replica": self.batches_in_flight,
             "image_tokens_per_image": image_tokens(self.cfg.image_size),
         }
 
@@ -161,11 +161,11 @@ class VLLMEngine:
             batch_format="pyarrow",
             # A fixed pool: each replica loads the model once. Ray Data restarts a replica that
             # dies and retries its batches (its actor pools default to unlimited restarts/retries).
-            # Two calls at once on each replica, truly in threads: the replica is thread-safe
-            # (one loop thread owns the engine).
+            # batches_in_flight calls at once on each replica, truly in threads: the replica is
+            # thread-safe (one loop thread owns the engine).
             compute=ray.data.ActorPoolStrategy(size=cfg.replicas,
-                                               max_tasks_in_flight_per_actor=BATCHES_IN_FLIGHT,
-                                               max_concurrent_calls_per_actor=BATCHES_IN_FLIGHT,
+                                               max_tasks_in_flight_per_actor=self.batches_in_flight,
+                                               max_concurrent_calls_per_actor=self.batches_in_flight,
                                                enable_true_multi_threading=True),
             **remote,
         )

@@ -118,7 +118,8 @@ def batch_decoder(tokenizer: Any) -> Any:
 
 class VLLMCaptioner:
     """One engine replica (a Ray actor): a ``vllm.LLM``, the prompt every row shares, and the
-    loop that feeds it. Ray Data runs two batches on it at once (``BATCHES_IN_FLIGHT``)."""
+    loop that feeds it. Ray Data runs several batches on it at once
+    (``vllm_settings.batches_in_flight``: two of the default 512 rows)."""
 
     logged_batches = LOGGED_BATCHES  # none logged by a replica made in tests without __init__
 

@@ -48,8 +48,13 @@ GPU_ENGINE_DEFAULTS: dict[str, Any] = {
 RENDER_PROCESSES = 2
 RENDER_THREADS = 4
 REPLICA_CPUS = 3.0
-# Batches a replica works on at once (Ray actor concurrency): the next batch is rendered and
-# queued while the last rows of the previous one finish, so the engine never drains.
+# Rows a GPU replica holds at once (running, rendered and queued, waiting their turn), in
+# multiples of max_num_seqs: the next rows are rendered and queued while the last of the earlier
+# ones finish, so the engine never drains. As batches (Ray actor concurrency): at least
+# BATCHES_IN_FLIGHT, more where --batch-size is smaller than twice max_num_seqs, so a batch of
+# max_num_seqs rows (one wave through the engine: the first rows back sooner) keeps the engine
+# as full as the default 512-row batches do. The CPU backend: BATCHES_IN_FLIGHT.
+ROWS_IN_FLIGHT_PER_SEQ = 4
 BATCHES_IN_FLIGHT = 2
 
 # --accelerator-type cpu: the replica runs vLLM's CPU backend. There vLLM reads
@@ -141,6 +146,14 @@ def engine_kwargs(cfg: RunConfig) -> dict[str, Any]:
         raise UsageError("--engine vllm runs one GPU (or a share of one) per replica: tensor and "
                          "pipeline parallelism are not supported; a 3B-class model fits one GPU")
     return kwargs
+
+
+def batches_in_flight(cfg: RunConfig) -> int:
+    """Engine batches each replica works on at once (see ROWS_IN_FLIGHT_PER_SEQ)."""
+    if is_cpu(cfg.accelerator_type):
+        return BATCHES_IN_FLIGHT
+    rows = ROWS_IN_FLIGHT_PER_SEQ * int(engine_kwargs(cfg).get("max_num_seqs", 1))
+    return max(BATCHES_IN_FLIGHT, -(-rows // cfg.engine_batch_size))
 
 
 def sampling_params(cfg: RunConfig) -> dict[str, Any]:
