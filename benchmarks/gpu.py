@@ -43,8 +43,9 @@ Runs (`--runs`, comma-separated, in order, each in fresh processes):
   tutorial      the tutorial's pipeline re-created on Ray 2.60 (tutorial_gpu.py), --tutorial-n
                 rows; its rate is first to last output row.
 Any run may end in `+VARIANT` (several: `+a+b`): engine arguments added to enrich's, from
-VARIANTS below (for enrich runs through --engine-kwargs); enrich runs also take ENV_VARIANTS
-(`+mp`: vLLM's engine core in a process of its own).
+VARIANTS below (for enrich runs through --engine-kwargs; compilation settings merge into
+enrich's own); enrich runs also take ENV_VARIANTS (`+mp`: vLLM's engine core in a process of its
+own) and FLAG_VARIANTS (`+b256`: 256-row engine batches).
 Per run: GPU utilisation (nvidia-smi, mean over the GPUs used while generating) and CPU cores
 busy (/proc/stat) over the same window. `--profile` also takes py-spy samples of an enrich
 engine replica and its vLLM engine-core process in the middle of the run (py-spy must be
@@ -77,33 +78,53 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # the vision encoder compiled and captured in CUDA graphs (off by default in vLLM 0.24)
     "enc": {"compilation_config": {"compile_mm_encoder": True, "cudagraph_mm_encoder": True}},
     # the encoder eager, as vLLM 0.24 runs it by default (enrich turns its graphs on, above)
-    "noenc": {"compilation_config": {}},
+    "noenc": {"compilation_config": {"compile_mm_encoder": False, "cudagraph_mm_encoder": False}},
     # larger engine batches: sequences and the tokens one step may batch, as vLLM's own defaults
     # pair them (vllm 0.24 arg_utils: 1024 / 16384 for its offline LLM class on >= 70 GB GPUs)
     "seqs512": {"max_num_seqs": 512, "max_num_batched_tokens": 8192},
     "seqs1024": {"max_num_seqs": 1024, "max_num_batched_tokens": 16384},
     "seqs2048": {"max_num_seqs": 2048, "max_num_batched_tokens": 32768},
+    # start-up levers (the warm first row: PERFORMANCE.md). The encoder's CUDA graphs without
+    # compiling it: its compile cost 6.9 s of a warm start on an H100 (every graph from the cache)
+    "encgraphs": {"compilation_config": {"compile_mm_encoder": False, "cudagraph_mm_encoder": True}},
+    # fewer language-model CUDA graphs: vLLM 0.24 captures ~51 batch sizes up to 512 at 256
+    # sequences (8 s of a warm start on an H100); these 19 pad a step by at most a sixth
+    "fewgraphs": {"compilation_config": {"cudagraph_capture_sizes": [
+        1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512]}},
 }
+# Engine arguments enrich adds on GPUs (vllm_settings.GPU_ENGINE_DEFAULTS) that a variant's
+# compilation_config would otherwise replace: variants merge into these.
+BASE_COMPILATION = {"compile_mm_encoder": True, "cudagraph_mm_encoder": True}
 # Environment a run can add (enrich runs only): vLLM's engine core in a process of its own, as
 # before enrich ran it in the replica's.
 ENV_VARIANTS: dict[str, dict[str, str]] = {"mp": {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}}
+# enrich flags a run can add (enrich runs only): engine batches of one wave of 256 rows (four in
+# flight per replica instead of two of 512, the same rows): the first rows come back sooner.
+FLAG_VARIANTS: dict[str, list[str]] = {"b256": ["--batch-size", "256"]}
 
 
-def variant(spec: str) -> tuple[str, dict[str, Any], dict[str, str]]:
-    """``enrich:1:2+enc+mp`` → (``enrich:1:2``, the engine arguments and the environment the
-    variants add)."""
+def variant(spec: str) -> tuple[str, dict[str, Any], dict[str, str], list[str]]:
+    """``enrich:1:2+enc+mp+b256`` → (``enrich:1:2``, the engine arguments, the environment and
+    the enrich flags the variants add). Compilation settings merge: enrich's own on GPUs
+    (BASE_COMPILATION), then each variant's."""
     base, *names = spec.split("+")
     extra: dict[str, Any] = {}
     env: dict[str, str] = {}
+    flags: list[str] = []
     for name in names:
         if name in VARIANTS:
-            extra.update(VARIANTS[name])
+            for key, value in VARIANTS[name].items():
+                if key == "compilation_config":
+                    value = {**BASE_COMPILATION, **extra.get(key, {}), **value}
+                extra[key] = value
         elif name in ENV_VARIANTS and base.startswith("enrich:"):
             env.update(ENV_VARIANTS[name])
+        elif name in FLAG_VARIANTS and base.startswith("enrich:"):
+            flags += FLAG_VARIANTS[name]
         else:
             raise SystemExit(f"unknown variant {name!r} for {base} (engine: {', '.join(VARIANTS)}; "
-                             f"enrich runs also: {', '.join(ENV_VARIANTS)})")
-    return base, extra, env
+                             f"enrich runs also: {', '.join([*ENV_VARIANTS, *FLAG_VARIANTS])})")
+    return base, extra, env, flags
 
 
 # ------------------------------------------------------------------------------------------
@@ -506,7 +527,7 @@ def _census() -> dict[str, int]:
 
 def run_enrich(gpus: int, k: int, model: str, dummy: bool, shards: Path, n: int, work: Path,
                accelerator: str, profile: bool, extra: dict[str, Any], env_added: dict[str, str],
-               render_processes: int | None = None) -> dict[str, Any]:
+               render_processes: int | None = None, flags: list[str] | None = None) -> dict[str, Any]:
     from deltalake import DeltaTable
 
     env = {**os.environ, **env_added}
@@ -521,10 +542,7 @@ def run_enrich(gpus: int, k: int, model: str, dummy: bool, shards: Path, n: int,
            "--concurrency", str(gpus), "--replicas-per-gpu", str(k), "--commit-every", "1000", "--quiet"]
     if render_processes is not None:
         cmd += ["--render-processes", str(render_processes)]
-    if "max_num_seqs" in extra:
-        # rows per engine call to match: with 2 calls in flight per replica, a 512-row batch
-        # would keep at most 1,024 requests in an engine that could run more, less as a call drains
-        cmd += ["--batch-size", str(max(512, int(extra["max_num_seqs"])))]
+    cmd += flags or []
     with Sampler() as s:
         t0 = time.time()
         # cwd: not the repo root, where `enrich` would be imported from the source folder
@@ -578,7 +596,7 @@ def run_enrich(gpus: int, k: int, model: str, dummy: bool, shards: Path, n: int,
         "first_committed_row_s": round(cum[0][0] - t0, 1), "wall_s": round(t_end - t0, 1),
         "gpu_util_pct": s.gpu_mean(gpus, ta, tb), "cpu_cores_busy": Sampler.mean(s.cpu, ta, tb),
         "commits": len(commits), "processes_mid_run": census, "profile": profiled,
-        "env_added": env_added,
+        "env_added": env_added, "flags_added": flags or [],
         "replica_startup": _replica_startup(startup, t0), "driver_milestones": _milestones(d / "ck", table, t0),
         "startup_log": startup[-40:],
         "command": " ".join(cmd[1:])}
@@ -713,6 +731,9 @@ def main() -> None:
     run.add_argument("--dummy-weights", action="store_true")
     run.add_argument("--n", type=int, default=40000)
     run.add_argument("--bare-n", type=int, default=10000)
+    run.add_argument("--bench-n", type=int, default=0,
+                     help="requests of the vllm-bench runs (default --bare-n): vLLM's image "
+                          "benchmark ran 68/s on an H100, so 10,000 requests took 300 s")
     run.add_argument("--tutorial-n", type=int, default=2000)
     run.add_argument("--shards-n", type=int, default=0,
                      help="read the first --n rows of an input set of this many (default --n), "
@@ -745,11 +766,11 @@ def main() -> None:
         variant(spec)
     for spec in specs:
         t = time.time()
-        base, extra, env_added = variant(spec)
+        base, extra, env_added, flags = variant(spec)
         parts = base.split(":")
         try:
             if parts[0] in ("vllm-bench", "vllm-bench-chat"):
-                r = run_vllm_bench(args.model, args.bare_n, WORK, chat=parts[0] == "vllm-bench-chat",
+                r = run_vllm_bench(args.model, args.bench_n or args.bare_n, WORK, chat=parts[0] == "vllm-bench-chat",
                                    extra=extra)
             elif parts[0] in ("bare", "split"):
                 r = run_bare(int(parts[1]), args.model, args.dummy_weights, prepared, WORK,
@@ -757,7 +778,7 @@ def main() -> None:
             elif parts[0] == "enrich":
                 r = run_enrich(int(parts[1]), int(parts[2]), args.model, args.dummy_weights, shards,
                                args.n, WORK, args.accelerator_type, args.profile, extra, env_added,
-                               int(parts[3]) if len(parts) > 3 else None)
+                               int(parts[3]) if len(parts) > 3 else None, flags)
             elif parts[0] == "tutorial":
                 r = run_tutorial(args.model, args.dummy_weights, shards, args.tutorial_n, WORK,
                                  args.accelerator_type)
