@@ -297,6 +297,42 @@ def test_batches_reach_the_engine_in_the_order_they_came() -> None:
     assert llm.llm_engine.peak <= 4
 
 
+def test_batches_waiting_together_reach_the_engine_in_the_order_they_came() -> None:
+    """Five batches waiting at once (with 256-row batches a GPU replica holds four): each goes
+    in after the one that came before it, not in whatever order the waiting threads wake up, so
+    the table (committed in source order) never waits for an overtaken batch."""
+    llm = _FakeLLM()
+    order: list[int] = []
+    add = llm.llm_engine.add_request
+
+    def recording_add(rid: str, rendered: dict, params: object) -> None:
+        add(rid, rendered, params)
+        order.append(rendered["seed"])
+
+    step = llm.llm_engine.step
+
+    def slow_step() -> list:
+        threading.Event().wait(0.002)
+        return step()
+
+    llm.llm_engine.add_request = recording_add  # type: ignore[method-assign]
+    llm.llm_engine.step = slow_step  # type: ignore[method-assign]
+    replica = _replica(llm, lookahead=4)
+    batches = [_batch(_pending_rows(range(k * 12, k * 12 + 12))) for k in range(6)]
+    with ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(replica, batches[0])]
+        while not order:  # the first batch has begun
+            threading.Event().wait(0.001)
+        for k, later in enumerate(batches[1:], start=2):  # the others wait, in this order
+            futures.append(pool.submit(replica, later))
+            while replica.loop.tickets < k:  # it has arrived (and waits for its turn)
+                threading.Event().wait(0.001)
+        outs = [f.result() for f in futures]
+    assert order == list(range(72))
+    assert [r["caption"] for r in outs[5].to_pylist()] == [f"caption {s}" for s in range(60, 72)]
+    assert llm.llm_engine.peak <= 4
+
+
 def test_a_dead_engine_ends_the_replica_not_the_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     exits: list[int] = []
 

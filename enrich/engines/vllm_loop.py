@@ -103,8 +103,12 @@ class EngineLoop:
         self.slots = threading.Semaphore(lookahead)
         # One batch at a time hands its rows to the engine, in the order the batches came: the
         # first batch's rows all go in before the next one's, so it finishes (and its rows reach
-        # the table) first, instead of both finishing late with their rows interleaved.
-        self._turn = threading.Lock()
+        # the table) first, instead of both finishing late with their rows interleaved. Turns
+        # are tickets taken on arrival, not a lock: with several batches waiting, a lock's
+        # release may wake any of them.
+        self._turns = threading.Condition()
+        self.tickets = 0  # turns handed out (arrivals)
+        self._serving = 0  # the ticket whose batch is handing its rows over
         self.inbox: queue.Queue[tuple[str, Any, _Batch, int]] = queue.Queue()
         self.waiting: dict[str, tuple[_Batch, int]] = {}
         self.ids = itertools.count()
@@ -118,7 +122,11 @@ class EngineLoop:
             return {}
         batch = _Batch(len(images))
         futures: list[tuple[int, Any]] = []
-        with self._turn:
+        with self._turns:
+            ticket, self.tickets = self.tickets, self.tickets + 1
+            while self._serving != ticket:
+                self._turns.wait()
+        try:
             for pos, jpeg in images:
                 while not self.slots.acquire(timeout=0.05):
                     self._hand_over_done(batch, futures)
@@ -128,6 +136,10 @@ class EngineLoop:
                 self._hand_over_done(batch, futures)
             for pos, fut in futures:
                 self._hand_over(batch, pos, fut)
+        finally:  # the next batch's turn, whatever became of this one
+            with self._turns:
+                self._serving += 1
+                self._turns.notify_all()
         while not batch.done.wait(1.0):
             if self.dead is not None:
                 raise EngineDead(str(self.dead))
