@@ -40,8 +40,9 @@ REPLICAS_PER_GPU: dict[str, int] = {"H100": 3, "H200": 2, "A100-80G": 3}
 # Rows per engine batch when --batch-size is not given. A vLLM replica on a GPU holds 4 x
 # max_num_seqs (256) rows at once (vllm_settings.ROWS_IN_FLIGHT_PER_SEQ), here two batches of
 # twice max_num_seqs: the engine never drains, and since a batch's rows come back together when
-# its last row is done, the first rows reach the table after one 512-row batch, not 1,024. The dry-run engine
-# and vLLM's CPU backend take small batches, so that a short run commits early and often.
+# its last row is done, the first rows reach the table after one 512-row batch, not 1,024. The
+# dry-run engine and vLLM's CPU backend take small batches, so that a short run commits early
+# and often.
 GPU_BATCH_SIZE = 512
 SMALL_BATCH_SIZE = 64
 
