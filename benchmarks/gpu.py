@@ -87,8 +87,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # start-up levers (the warm first row: PERFORMANCE.md). The encoder's CUDA graphs without
     # compiling it: its compile cost 6.9 s of a warm start on an H100 (every graph from the cache)
     "encgraphs": {"compilation_config": {"compile_mm_encoder": False, "cudagraph_mm_encoder": True}},
-    # fewer language-model CUDA graphs: vLLM 0.24 captures ~51 batch sizes up to 512 at 256
-    # sequences (8 s of a warm start on an H100); these 19 pad a step by at most a sixth
+    # fewer language-model CUDA graphs: vLLM 0.24 captures 51 batch sizes up to 512 at 256
+    # sequences (8 s of a warm start on an H100); with these 19 a step of 256-512 tokens is
+    # padded to a multiple of 64 instead of 16, one of 129-256 to a multiple of 32 instead of 8
     "fewgraphs": {"compilation_config": {"cudagraph_capture_sizes": [
         1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512]}},
 }
