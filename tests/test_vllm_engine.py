@@ -264,26 +264,32 @@ def test_batches_share_the_engine_within_the_lookahead() -> None:
     assert llm.llm_engine.added == 40 and llm.llm_engine.peak <= 3
 
 
-def test_batches_reach_the_engine_in_the_order_they_came() -> None:
-    """Two batches at once on a replica: the first one's rows all go into the engine before any
-    of the second's (so the first batch finishes first, and its rows reach the table sooner),
-    and the engine still never holds more than the lookahead."""
-    llm = _FakeLLM()
+def _record_admissions(llm: _FakeLLM, step_s: float) -> list[int]:
+    """The seeds of the rows in the order the engine admits them (filled as it runs), its steps
+    slowed to ``step_s`` each so that batches overlap."""
     order: list[int] = []
-    add = llm.llm_engine.add_request
+    add, step = llm.llm_engine.add_request, llm.llm_engine.step
 
     def recording_add(rid: str, rendered: dict, params: object) -> None:
         add(rid, rendered, params)
         order.append(rendered["seed"])
 
-    step = llm.llm_engine.step
-
-    def slow_step() -> list:  # the first batch is still handing rows over when the second comes
-        threading.Event().wait(0.005)
+    def slow_step() -> list:
+        threading.Event().wait(step_s)
         return step()
 
     llm.llm_engine.add_request = recording_add  # type: ignore[method-assign]
     llm.llm_engine.step = slow_step  # type: ignore[method-assign]
+    return order
+
+
+def test_batches_reach_the_engine_in_the_order_they_came() -> None:
+    """Two batches at once on a replica: the first one's rows all go into the engine before any
+    of the second's (so the first batch finishes first, and its rows reach the table sooner),
+    and the engine still never holds more than the lookahead."""
+    llm = _FakeLLM()
+    # slow steps: the first batch is still handing rows over when the second comes
+    order = _record_admissions(llm, step_s=0.005)
     replica = _replica(llm, lookahead=4)
     first, second = (_batch(_pending_rows(range(k * 30, k * 30 + 30))) for k in range(2))
     with ThreadPoolExecutor(2) as pool:
@@ -302,21 +308,7 @@ def test_batches_waiting_together_reach_the_engine_in_the_order_they_came() -> N
     in after the one that came before it, not in whatever order the waiting threads wake up, so
     the table (committed in source order) never waits for an overtaken batch."""
     llm = _FakeLLM()
-    order: list[int] = []
-    add = llm.llm_engine.add_request
-
-    def recording_add(rid: str, rendered: dict, params: object) -> None:
-        add(rid, rendered, params)
-        order.append(rendered["seed"])
-
-    step = llm.llm_engine.step
-
-    def slow_step() -> list:
-        threading.Event().wait(0.002)
-        return step()
-
-    llm.llm_engine.add_request = recording_add  # type: ignore[method-assign]
-    llm.llm_engine.step = slow_step  # type: ignore[method-assign]
+    order = _record_admissions(llm, step_s=0.002)
     replica = _replica(llm, lookahead=4)
     batches = [_batch(_pending_rows(range(k * 12, k * 12 + 12))) for k in range(6)]
     with ThreadPoolExecutor(6) as pool:
