@@ -66,17 +66,24 @@ import sys
 import tarfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from enrich.engines.vllm_settings import GPU_ENGINE_DEFAULTS  # noqa: E402 - pure, after the path
+
 TOKENS = 100
 WORK = Path(os.environ.get("ENRICH_BENCH_WORK", "/tmp/enrich-gpu-bench"))
+# The compilation settings enrich adds on GPUs (vllm_settings.GPU_ENGINE_DEFAULTS): a variant's
+# compilation_config merges into these instead of replacing them.
+BASE_COMPILATION: dict[str, Any] = GPU_ENGINE_DEFAULTS["compilation_config"]
 # Engine arguments a run can add (`enrich:1:2+enc`), each a lever named in PERFORMANCE.md.
 VARIANTS: dict[str, dict[str, Any]] = {
-    # the vision encoder compiled and captured in CUDA graphs (off by default in vLLM 0.24)
-    "enc": {"compilation_config": {"compile_mm_encoder": True, "cudagraph_mm_encoder": True}},
+    # the vision encoder compiled and captured in CUDA graphs (off by default in vLLM 0.24;
+    # enrich's default on GPUs)
+    "enc": {"compilation_config": dict(BASE_COMPILATION)},
     # the encoder eager, as vLLM 0.24 runs it by default (enrich turns its graphs on, above)
     "noenc": {"compilation_config": {"compile_mm_encoder": False, "cudagraph_mm_encoder": False}},
     # larger engine batches: sequences and the tokens one step may batch, as vLLM's own defaults
@@ -93,9 +100,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "fewgraphs": {"compilation_config": {"cudagraph_capture_sizes": [
         1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512]}},
 }
-# Engine arguments enrich adds on GPUs (vllm_settings.GPU_ENGINE_DEFAULTS) that a variant's
-# compilation_config would otherwise replace: variants merge into these.
-BASE_COMPILATION = {"compile_mm_encoder": True, "cudagraph_mm_encoder": True}
 # Environment a run can add (enrich runs only): vLLM's engine core in a process of its own, as
 # before enrich ran it in the replica's.
 ENV_VARIANTS: dict[str, dict[str, str]] = {"mp": {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}}
@@ -528,7 +532,7 @@ def _census() -> dict[str, int]:
 
 def run_enrich(gpus: int, k: int, model: str, dummy: bool, shards: Path, n: int, work: Path,
                accelerator: str, profile: bool, extra: dict[str, Any], env_added: dict[str, str],
-               render_processes: int | None = None, flags: list[str] | None = None) -> dict[str, Any]:
+               render_processes: int | None = None, flags: Sequence[str] = ()) -> dict[str, Any]:
     from deltalake import DeltaTable
 
     env = {**os.environ, **env_added}
@@ -543,7 +547,7 @@ def run_enrich(gpus: int, k: int, model: str, dummy: bool, shards: Path, n: int,
            "--concurrency", str(gpus), "--replicas-per-gpu", str(k), "--commit-every", "1000", "--quiet"]
     if render_processes is not None:
         cmd += ["--render-processes", str(render_processes)]
-    cmd += flags or []
+    cmd += list(flags)
     with Sampler() as s:
         t0 = time.time()
         # cwd: not the repo root, where `enrich` would be imported from the source folder
@@ -584,20 +588,18 @@ def run_enrich(gpus: int, k: int, model: str, dummy: bool, shards: Path, n: int,
     import pyarrow.compute as pc
 
     out_tokens = pc.sum(tokens.column("num_generated_tokens")).as_py() or 0
+    sustained = tb > ta and rows >= SUSTAINED_MIN_ROWS  # a short run's middle is its ramp
     r: dict[str, Any] = {
         "kind": "enrich", "gpus": gpus, "engines_per_gpu": k, "rows": rows, "statuses": statuses,
-        # a short run's middle is its ramp: no sustained rate under SUSTAINED_MIN_ROWS rows
-        "captions_per_s_sustained": (round((cb - ca) / (tb - ta), 1)
-                                     if tb > ta and rows >= SUSTAINED_MIN_ROWS else None),
+        "captions_per_s_sustained": round((cb - ca) / (tb - ta), 1) if sustained else None,
         "sustained_window": (f"middle of the run: commits from {ca} to {cb} rows ({cb - ca} rows, {tb - ta:.1f} s)"
-                             if rows >= SUSTAINED_MIN_ROWS else
-                             f"start-up probe ({rows:,} rows): no sustained rate"),
+                             if sustained else f"start-up probe ({rows:,} rows): no sustained rate"),
         "captions_per_s_whole_run": round(rows / (t_end - t0), 1),
         "mean_output_tokens": round(out_tokens / max(1, statuses.get("captioned", 0)), 1),
         "first_committed_row_s": round(cum[0][0] - t0, 1), "wall_s": round(t_end - t0, 1),
         "gpu_util_pct": s.gpu_mean(gpus, ta, tb), "cpu_cores_busy": Sampler.mean(s.cpu, ta, tb),
         "commits": len(commits), "processes_mid_run": census, "profile": profiled,
-        "env_added": env_added, "flags_added": flags or [],
+        "env_added": env_added, "flags_added": list(flags),
         "replica_startup": _replica_startup(startup, t0), "driver_milestones": _milestones(d / "ck", table, t0),
         "startup_log": startup[-40:],
         "command": " ".join(cmd[1:])}
