@@ -152,7 +152,7 @@ def batches_in_flight(cfg: RunConfig) -> int:
     """Engine batches each replica works on at once (see ROWS_IN_FLIGHT_PER_SEQ)."""
     if is_cpu(cfg.accelerator_type):
         return BATCHES_IN_FLIGHT
-    rows = ROWS_IN_FLIGHT_PER_SEQ * int(engine_kwargs(cfg).get("max_num_seqs", 1))
+    rows = ROWS_IN_FLIGHT_PER_SEQ * int(engine_kwargs(cfg)["max_num_seqs"])  # ENGINE_DEFAULTS has one
     return max(BATCHES_IN_FLIGHT, -(-rows // cfg.engine_batch_size))
 
 
