@@ -9,7 +9,8 @@
 # STASH holds the runtime's pieces (site.tar.xz.part*), host-setup.sh, make_model_dir.py and any
 # extra wheels (py-spy). Results, each written as soon as its runs end:
 # /tmp/lease/f.json (the candidate setting over N rows), d.json (its warm start-up probe),
-# a.json (the engine-alone ceiling), b.json (vLLM's own image benchmark), g.json and h.json
+# a.json (the engine-alone ceiling), b.json (vLLM's own image benchmark), d2.json (one engine's
+# warm probe), g.json and h.json
 # (enrich at its defaults, then warm), e.json (one engine at 1,024 sequences), c.json (others).
 set -uo pipefail
 STASH=${1:?usage: gpu_lease.sh STASH}
@@ -63,6 +64,12 @@ say "runs B"
 # vLLM's own image benchmark at its own defaults (the other reference), 4,000 requests
 python3 benchmarks/gpu.py run "${COMMON[@]}" --bench-n "${BENCH_N:-4000}" --out "$L/b.json" \
   --runs "${RUNS_B:-vllm-bench-chat}"
+say "runs D2"
+# One engine's warm start-up probe with the candidate's settings (its compile cache is the one the
+# runs above filled: vLLM leaves gpu_memory_utilization out of the cache's hash): one replica and
+# two render processes import torch and vLLM instead of three and six (20.6-23.0 s at three, 14:16)
+python3 benchmarks/gpu.py run "${COMMON[@]}" --n 3000 --shards-n "$N" --out "$L/d2.json" \
+  --runs "${RUNS_D2:-enrich:1:1+b256+encgraphs+fewgraphs}"
 say "runs G"
 # enrich at its defaults over N rows, then warm, beside the candidate on the same machine
 python3 benchmarks/gpu.py run "${COMMON[@]}" --out "$L/g.json" --runs "${RUNS_G:-enrich:1:$K}"
