@@ -57,6 +57,7 @@ python3 benchmarks/gpu.py run "${COMMON[@]}" --profile --out "$L/f.json" --runs 
 say "runs D"
 python3 benchmarks/gpu.py run "${COMMON[@]}" --n 3000 --shards-n "$N" --out "$L/d.json" \
   --runs "${RUNS_D:-${RUNS_F:-$CAND}}"
+if [ "${STOP_AFTER:-}" != D2 ]; then
 say "runs A"
 # The engine alone (inputs processed beforehand) at 512 sequences (the best ceiling on 2026-12-07)
 python3 benchmarks/gpu.py run "${COMMON[@]}" --out "$L/a.json" --runs "${RUNS_A:-split:1+seqs512}"
@@ -64,12 +65,15 @@ say "runs B"
 # vLLM's own image benchmark at its own defaults (the other reference), 4,000 requests
 python3 benchmarks/gpu.py run "${COMMON[@]}" --bench-n "${BENCH_N:-4000}" --out "$L/b.json" \
   --runs "${RUNS_B:-vllm-bench-chat}"
+fi
 say "runs D2"
 # One engine's warm start-up probe with the candidate's settings (its compile cache is the one the
 # runs above filled: vLLM leaves gpu_memory_utilization out of the cache's hash): one replica and
 # two render processes import torch and vLLM instead of three and six (20.6-23.0 s at three, 14:16)
 python3 benchmarks/gpu.py run "${COMMON[@]}" --n 3000 --shards-n "$N" --out "$L/d2.json" \
   --runs "${RUNS_D2:-enrich:1:1+b256+encgraphs+fewgraphs}"
+# (STOP_AFTER=D2: a start-up lease, the probes only, with a small N)
+[ "${STOP_AFTER:-}" = D2 ] && { say "done"; exit 0; }
 say "runs G"
 # enrich at its defaults over N rows, then warm, beside the candidate on the same machine
 python3 benchmarks/gpu.py run "${COMMON[@]}" --out "$L/g.json" --runs "${RUNS_G:-enrich:1:$K}"

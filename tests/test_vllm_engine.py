@@ -325,6 +325,26 @@ def test_batches_waiting_together_reach_the_engine_in_the_order_they_came() -> N
     assert llm.llm_engine.peak <= 4
 
 
+def test_batches_sent_together_go_in_source_order_whatever_order_they_start_in() -> None:
+    """Ray starts a replica's batches in threads in no set order: four arriving at an idle
+    replica latest-first still go into the engine earliest-in-source-order first, so the
+    table's first commit (rows in source order) waits for no overtaken batch."""
+    llm = _FakeLLM()
+    order = _record_admissions(llm, step_s=0.002)
+    replica = _replica(llm, lookahead=4)
+    replica.loop.SETTLE_S = 2.0  # the four arrive well within it, however loaded the machine
+    batches = [_batch(_pending_rows(range(k * 12, k * 12 + 12))) for k in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        futures = []
+        for k, later in enumerate(reversed(batches), start=1):  # the last rows arrive first
+            futures.append(pool.submit(replica, later))
+            while replica.loop.tickets < k:
+                threading.Event().wait(0.001)
+        outs = [f.result() for f in futures]
+    assert order == list(range(48))
+    assert [r["caption"] for r in outs[0].to_pylist()] == [f"caption {s}" for s in range(36, 48)]
+
+
 def test_a_dead_engine_ends_the_replica_not_the_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     exits: list[int] = []
 

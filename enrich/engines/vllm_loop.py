@@ -5,9 +5,11 @@ parts: :func:`caption_from_output`, :func:`caption_outputs`."""
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,36 +98,43 @@ class EngineLoop:
     done, instead of token by token in the loop thread at every engine step (vLLM's incremental
     detokenizer: ~100 calls per caption in the thread that must keep the GPU fed)."""
 
+    # How long the first batch at an idle replica waits for the others Ray sent with it (they
+    # start within milliseconds); a 256-row batch takes seconds.
+    SETTLE_S = 0.05
+
     def __init__(self, llm: Any, params: Any, *, renderer: Any, lookahead: int,
                  decode: Any = None) -> None:
         self.params, self.renderer, self.decode = params, renderer, decode
         self.engine = llm.llm_engine
         self.slots = threading.Semaphore(lookahead)
-        # One batch at a time hands its rows to the engine, in the order the batches came: the
-        # first batch's rows all go in before the next one's, so it finishes (and its rows reach
-        # the table) first, instead of both finishing late with their rows interleaved. Turns
-        # are tickets taken on arrival, not a lock: with several batches waiting, a lock's
-        # release may wake any of them.
+        # One batch at a time hands its rows to the engine, the one earliest in source order
+        # first: its rows all go in before the next one's, so it finishes (and its rows reach
+        # the table, which commits in source order) first, instead of both finishing late with
+        # their rows interleaved. Ray starts a replica's batches in threads in no set order
+        # (on 2026-12-07's H100 lease the batch of rows 0..255 went in third of four and the
+        # first commit waited ~7 s for it), so turns go by the batch's source position, not
+        # by arrival; at an idle replica the first batch waits SETTLE_S for the others sent
+        # with it before the earliest goes.
         self._turns = threading.Condition()
-        self.tickets = 0  # turns handed out (arrivals)
-        self._serving = 0  # the ticket whose batch is handing its rows over
+        self.tickets = 0  # batches that have asked for a turn
+        self._queued: list[tuple[int, int]] = []  # (key, arrival) of the batches waiting, a heap
+        self._holder: tuple[int, int] | None = None  # the batch handing its rows over
+        self._settle_until: float | None = None
         self.inbox: queue.Queue[tuple[str, Any, _Batch, int]] = queue.Queue()
         self.waiting: dict[str, tuple[_Batch, int]] = {}
         self.ids = itertools.count()
         self.dead: BaseException | None = None
         threading.Thread(target=self._run, name="enrich-engine", daemon=True).start()
 
-    def caption(self, images: list[tuple[int, bytes]]) -> dict[int, Caption]:
-        """Caption ``images`` (position, prepared JPEG); returns position → caption. Raises
-        :class:`EngineDead` when the engine stops."""
+    def caption(self, images: list[tuple[int, bytes]], key: int | None = None) -> dict[int, Caption]:
+        """Caption ``images`` (position, prepared JPEG); returns position → caption. ``key``
+        orders the batch's turn among those waiting (its first row's source index; arrival
+        order where not given). Raises :class:`EngineDead` when the engine stops."""
         if not images:
             return {}
         batch = _Batch(len(images))
         futures: list[tuple[int, Any]] = []
-        with self._turns:
-            ticket, self.tickets = self.tickets, self.tickets + 1
-            while self._serving != ticket:
-                self._turns.wait()
+        self._take_turn(key)
         try:
             for pos, jpeg in images:
                 while not self.slots.acquire(timeout=0.05):
@@ -138,12 +147,32 @@ class EngineLoop:
                 self._hand_over(batch, pos, fut)
         finally:  # the next batch's turn, whatever became of this one
             with self._turns:
-                self._serving += 1
+                self._holder = None
                 self._turns.notify_all()
         while not batch.done.wait(1.0):
             if self.dead is not None:
                 raise EngineDead(str(self.dead))
         return self._captions(batch.results)
+
+    def _take_turn(self, key: int | None) -> None:
+        """Wait until this batch is the earliest waiting and no batch holds the turn."""
+        with self._turns:
+            me = (self.tickets if key is None else key, self.tickets)
+            self.tickets += 1
+            heapq.heappush(self._queued, me)
+            idle = self._holder is None and not self.waiting and self.inbox.empty()
+            if idle and self._settle_until is None:
+                self._settle_until = time.monotonic() + self.SETTLE_S
+            while True:
+                if self._holder is None and self._queued[0] == me:
+                    left = (self._settle_until or 0.0) - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._turns.wait(left)
+                else:
+                    self._turns.wait()
+            heapq.heappop(self._queued)
+            self._holder, self._settle_until = me, None
 
     def _captions(self, results: dict[int, Any]) -> dict[int, Caption]:
         """Finished outputs → captions, their texts decoded in one call where ``decode`` is set."""

@@ -151,7 +151,9 @@ class VLLMCaptioner:
                 raise ValueError(f"row {batch.column('source_index')[i]} is pending without an image")
             pending.append((i, jpegs[i]))
         try:
-            results = self.loop.caption(pending)
+            # the turn among this replica's waiting batches: the earliest in source order first
+            key = batch.column("source_index")[0].as_py() if pending else None
+            results = self.loop.caption(pending, key=key)
         except EngineDead:
             # Ray restarts the actor (a fresh engine) and retries its batches; nothing of them
             # was committed. Raising instead would fail the whole dataset.
