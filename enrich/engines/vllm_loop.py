@@ -126,10 +126,10 @@ class EngineLoop:
         self.dead: BaseException | None = None
         threading.Thread(target=self._run, name="enrich-engine", daemon=True).start()
 
-    def caption(self, images: list[tuple[int, bytes]], key: int | None = None) -> dict[int, Caption]:
+    def caption(self, images: list[tuple[int, bytes]], key: int) -> dict[int, Caption]:
         """Caption ``images`` (position, prepared JPEG); returns position → caption. ``key``
-        orders the batch's turn among those waiting (its first row's source index; arrival
-        order where not given). Raises :class:`EngineDead` when the engine stops."""
+        (the batch's first source index) orders its turn among the batches waiting; equal keys
+        go in arrival order. Raises :class:`EngineDead` when the engine stops."""
         if not images:
             return {}
         batch = _Batch(len(images))
@@ -154,10 +154,10 @@ class EngineLoop:
                 raise EngineDead(str(self.dead))
         return self._captions(batch.results)
 
-    def _take_turn(self, key: int | None) -> None:
+    def _take_turn(self, key: int) -> None:
         """Wait until this batch is the earliest waiting and no batch holds the turn."""
         with self._turns:
-            me = (self.tickets if key is None else key, self.tickets)
+            me = (key, self.tickets)
             self.tickets += 1
             heapq.heappush(self._queued, me)
             idle = self._holder is None and not self.waiting and self.inbox.empty()

@@ -152,8 +152,8 @@ class VLLMCaptioner:
             pending.append((i, jpegs[i]))
         try:
             # the turn among this replica's waiting batches: the earliest in source order first
-            key = batch.column("source_index")[0].as_py() if pending else None
-            results = self.loop.caption(pending, key=key)
+            results = self.loop.caption(pending, key=batch.column("source_index")[0].as_py()
+                                        if batch.num_rows else 0)
         except EngineDead:
             # Ray restarts the actor (a fresh engine) and retries its batches; nothing of them
             # was committed. Raising instead would fail the whole dataset.
