@@ -359,6 +359,28 @@ def test_a_dead_engine_ends_the_replica_not_the_rows(monkeypatch: pytest.MonkeyP
     assert exits == [1]  # Ray restarts the actor and retries the batch; nothing is marked failed
 
 
+def test_a_render_pool_found_broken_at_submit_ends_the_replica(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A render process that died before a row is handed to the pool (the pool refuses the
+    submit itself) ends the replica, as one that dies while rendering does: no row fails."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    exits: list[int] = []
+
+    def fake_exit(code: int) -> None:
+        exits.append(code)
+        raise SystemExit(code)
+
+    def broken(jpeg: bytes) -> None:
+        raise BrokenProcessPool("a child process terminated abruptly")
+
+    monkeypatch.setattr("enrich.engines.vllm_replica.os._exit", fake_exit)
+    replica = _replica(_FakeLLM(), lookahead=2)
+    monkeypatch.setattr(replica.loop.renderer, "submit", broken)
+    with pytest.raises(SystemExit):
+        replica(_batch(_pending_rows(range(3))))
+    assert exits == [1]
+
+
 def test_vllm_without_a_gpu_fails_fast_and_writes_nothing(tmp_path: Path, ray_address: str) -> None:
     # bounded by the timeout (Ray alone would wait forever for the GPU), not timed
     proc = cli("--until", "5", "--source", "sample", "--engine", "vllm", "--table",

@@ -10,6 +10,7 @@ import itertools
 import queue
 import threading
 import time
+from concurrent.futures import BrokenExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,7 +142,10 @@ class EngineLoop:
                     self._hand_over_done(batch, futures)
                 if self.dead is not None:
                     raise EngineDead(str(self.dead))
-                futures.append((pos, self.renderer.submit(jpeg)))
+                try:
+                    futures.append((pos, self.renderer.submit(jpeg)))
+                except BrokenExecutor as exc:  # a render process died before this row went in
+                    raise EngineDead(f"render pool broken: {exc}") from exc
                 self._hand_over_done(batch, futures)
             for pos, fut in futures:
                 self._hand_over(batch, pos, fut)
@@ -191,8 +195,6 @@ class EngineLoop:
             self._hand_over(batch, *futures.pop(0))
 
     def _hand_over(self, batch: _Batch, pos: int, fut: Any) -> None:
-        from concurrent.futures import BrokenExecutor
-
         try:
             rendered = self.renderer.load(fut.result())
         except BrokenExecutor as exc:  # a render process died: the replica, not the row
