@@ -568,6 +568,7 @@ def run_enrich(gpus: int, k: int, model: str, dummy: bool, shards: Path, n: int,
         raise RuntimeError(f"enrich: exit {proc.returncode}: {(d / 'log').read_text()[-3000:]}")
     startup = _startup_lines(t0)
     (d / "startup.log").write_text("\n".join(startup) + "\n")
+    replica_logs = _replica_logs(t0)
     dt = DeltaTable(str(table))
     hist = sorted((h for h in dt.history() if h.get("operation") == "WRITE"), key=lambda h: h["timestamp"])
     commits = [(h["timestamp"] / 1000, int(h.get("operationMetrics", {}).get("num_added_rows", 0)))
@@ -602,7 +603,7 @@ def run_enrich(gpus: int, k: int, model: str, dummy: bool, shards: Path, n: int,
         "env_added": env_added, "flags_added": list(flags),
         "replica_startup": _replica_startup(startup, t0), "driver_milestones": _milestones(d / "ck", table, t0),
         "startup_log": startup[-40:],
-        "command": " ".join(cmd[1:])}
+        "command": " ".join(cmd[1:]), "_replica_logs": replica_logs}
     return r
 
 
@@ -634,6 +635,29 @@ def _startup_lines(t0: float) -> list[str]:
         except OSError:
             continue
     return lines
+
+
+def _replica_logs(t0: float, replicas: int = 2, limit: int = 800) -> str:
+    """The whole logs of this run's first replicas (vLLM's lines carry their times): where a
+    start-up went, line by line, beside the few lines kept in the results."""
+    from enrich.engines.vllm_replica import REPORT_PREFIX
+
+    logs = Path("/tmp/ray/session_latest/logs")
+    out: list[str] = []
+    for f in sorted(logs.glob("worker-*")) if logs.exists() else []:
+        try:
+            if f.stat().st_mtime < t0:
+                continue
+            text = f.read_text(errors="replace")
+        except OSError:
+            continue
+        if f"{REPORT_PREFIX}start-up" not in text:
+            continue
+        out += [f"==> {f.name}", *text.splitlines()[:limit]]
+        replicas -= 1
+        if not replicas:
+            break
+    return "\n".join(out) + "\n"
 
 
 def _replica_startup(lines: list[str], t0: float) -> list[dict[str, Any]]:
@@ -790,6 +814,9 @@ def main() -> None:
         except Exception as exc:  # noqa: BLE001 - one failed run is recorded, the others go on
             r = {"error": f"{type(exc).__name__}: {exc}"[-3000:]}
         r = {"run": spec, "lease": args.lease, **r, "run_s": round(time.time() - t, 1)}
+        logs = r.pop("_replica_logs", None)
+        if logs:  # beside the results: d.json's second run → d-2-replica.log
+            out.with_name(f"{out.stem}-{len(results['runs']) + 1}-replica.log").write_text(logs)
         results["runs"].append(r)
         print(json.dumps({k: v for k, v in r.items() if k != "llm_kwargs"}), flush=True)
         out.write_text(json.dumps(results, indent=2) + "\n")  # after every run

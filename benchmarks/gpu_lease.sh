@@ -8,10 +8,12 @@
 #
 # STASH holds the runtime's pieces (site.tar.xz.part*), host-setup.sh, make_model_dir.py and any
 # extra wheels (py-spy). Results, each written as soon as its runs end:
-# /tmp/lease/f.json (the candidate setting over N rows), d.json (its warm start-up probe),
-# a.json (the engine-alone ceiling), b.json (vLLM's own image benchmark), d2.json (one engine's
-# warm probe), g.json and h.json
-# (enrich at its defaults, then warm), e.json (one engine at 1,024 sequences), c.json (others).
+# /tmp/lease/importtime.txt (python -X importtime of torch and vLLM), f.json (the candidate
+# setting over N rows), d.json (its warm start-up probe), d2.json (one engine's warm probe),
+# a.json (the engine-alone ceiling), b.json (vLLM's own image benchmark), d3.json (two engines'
+# warm probe), g.json and h.json (enrich at its defaults, then warm), e.json (one engine at 1,024
+# sequences), c.json (others); beside each enrich run's results, the whole logs of its first two
+# replicas (d-1-replica.log: d.json's first run).
 set -uo pipefail
 STASH=${1:?usage: gpu_lease.sh STASH}
 L=/tmp/lease
@@ -39,6 +41,15 @@ BARE_N=${BARE_N:-10000}  # requests of the engine-alone runs
 N=${N:-40000}  # rows of the enrich runs (a lease that runs only the engine-alone ceiling: fewer)
 python3 benchmarks/gpu.py inputs --n "$N" --bare-n "$BARE_N" || exit 1
 wait  # compileall
+# Where a replica's imports go (19 s on the H100 host of 2026-12-07 17:34, 6.7 s on a 2-core VM):
+# the second of two, the first having read the files into the page cache, as any run after
+# the first finds them
+nvidia-smi -q | grep -i 'persistence mode' | head -1
+for i in 1 2; do
+  s=$(date +%s.%N)
+  python3 -X importtime -c 'import torch; from vllm import LLM' 2> "$L/importtime.txt"
+  say "import torch, vllm: $(python3 -c "import time; print(round(time.time() - $s, 1))") s"
+done
 LEASE=${LEASE:-"$ACC lease $(date -u +%Y-%m-%dT%H:%MZ)"}
 COMMON=(--model /tmp/model --dummy-weights --n "$N" --bare-n "$BARE_N" --accelerator-type "$ACC"
         --lease "$LEASE")
@@ -57,15 +68,6 @@ python3 benchmarks/gpu.py run "${COMMON[@]}" --profile --out "$L/f.json" --runs 
 say "runs D"
 python3 benchmarks/gpu.py run "${COMMON[@]}" --n 3000 --shards-n "$N" --out "$L/d.json" \
   --runs "${RUNS_D:-${RUNS_F:-$CAND}}"
-if [ "${STOP_AFTER:-}" != D2 ]; then
-say "runs A"
-# The engine alone (inputs processed beforehand) at 512 sequences (the best ceiling on 2026-12-07)
-python3 benchmarks/gpu.py run "${COMMON[@]}" --out "$L/a.json" --runs "${RUNS_A:-split:1+seqs512}"
-say "runs B"
-# vLLM's own image benchmark at its own defaults (the other reference), 4,000 requests
-python3 benchmarks/gpu.py run "${COMMON[@]}" --bench-n "${BENCH_N:-4000}" --out "$L/b.json" \
-  --runs "${RUNS_B:-vllm-bench-chat}"
-fi
 say "runs D2"
 # One engine's warm start-up probe with the candidate's settings (its compile cache is the one the
 # runs above filled: vLLM leaves gpu_memory_utilization out of the cache's hash): one replica and
@@ -74,6 +76,17 @@ python3 benchmarks/gpu.py run "${COMMON[@]}" --n 3000 --shards-n "$N" --out "$L/
   --runs "${RUNS_D2:-enrich:1:1+b256+encgraphs+fewgraphs}"
 # (STOP_AFTER=D2: a start-up lease, the probes only, with a small N)
 [ "${STOP_AFTER:-}" = D2 ] && { say "done"; exit 0; }
+say "runs A"
+# The engine alone (inputs processed beforehand) at 512 sequences (the best ceiling on 2026-12-07)
+python3 benchmarks/gpu.py run "${COMMON[@]}" --out "$L/a.json" --runs "${RUNS_A:-split:1+seqs512}"
+say "runs B"
+# vLLM's own image benchmark at its own defaults (the other reference), 4,000 requests
+python3 benchmarks/gpu.py run "${COMMON[@]}" --bench-n "${BENCH_N:-4000}" --out "$L/b.json" \
+  --runs "${RUNS_B:-vllm-bench-chat}"
+say "runs D3"
+# two engines' warm probe: between the two above
+python3 benchmarks/gpu.py run "${COMMON[@]}" --n 3000 --shards-n "$N" --out "$L/d3.json" \
+  --runs "${RUNS_D3:-enrich:1:2+b256+encgraphs+fewgraphs}"
 say "runs G"
 # enrich at its defaults over N rows, then warm, beside the candidate on the same machine
 python3 benchmarks/gpu.py run "${COMMON[@]}" --out "$L/g.json" --runs "${RUNS_G:-enrich:1:$K}"

@@ -6,6 +6,7 @@ itself (a chunk's rows joined with their prepared images: the engine's input), a
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
@@ -188,8 +189,8 @@ class Handoff:
     returns whether the source ended).
     """
 
-    def __init__(self, name: str, chunks_in_flight: int, first: Any,
-                 chunks: Generator[Any, None, bool], flow: Any) -> None:
+    def __init__(self, name: str, chunks_in_flight: int, chunks: Generator[Any, None, bool],
+                 flow: Any) -> None:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -197,7 +198,8 @@ class Handoff:
         self.name = name
         self.feeder = make_feeder_class().options(name=name, scheduling_strategy=here).remote(
             chunks_in_flight)
-        self._first, self._chunks, self._flow = first, chunks, flow
+        self._chunks, self._flow = chunks, flow
+        self.first_chunk_at: float | None = None  # when the reader gave its first chunk
         self._lock = threading.Lock()
         self._decided: deque[Decided] = deque()  # in chunk order
         self._exhausted = False  # the source ended before --until (what the reader returned)
@@ -209,11 +211,21 @@ class Handoff:
     def start(self) -> None:
         self._thread.start()
 
+    def _next(self) -> Any:
+        """The reader's next chunk; None at the end of the stream (and whether the source ended)."""
+        try:
+            return next(self._chunks)
+        except StopIteration as end:
+            self._exhausted = self._flow.exhausted = bool(end.value)
+            return None
+
     def _feed(self) -> None:
         j = 0
         try:
-            item = self._first
-            while True:
+            item = self._next()
+            if item is not None:
+                self.first_chunk_at = time.time()
+            while item is not None:
                 rows = item.table()
                 # made into rows here, in the feed thread, off the driver thread's path
                 meta = {r["source_index"]: r for piece in item.meta for r in piece.to_pylist()}
@@ -223,11 +235,7 @@ class Handoff:
                 call_feeder(self.feeder.put, j, [item.parts, rows])
                 self._flow.read += item.source_rows
                 j += 1
-                try:
-                    item = next(self._chunks)
-                except StopIteration as end:
-                    self._exhausted = self._flow.exhausted = bool(end.value)
-                    break
+                item = self._next()
         except BaseException as exc:  # noqa: BLE001 - raised in the driver thread by finish()
             self._error.append(exc)
         try:
