@@ -566,9 +566,10 @@ def run_enrich(gpus: int, k: int, model: str, dummy: bool, shards: Path, n: int,
         t_end = time.time()
     if proc.returncode != 0:
         raise RuntimeError(f"enrich: exit {proc.returncode}: {(d / 'log').read_text()[-3000:]}")
-    startup = _startup_lines(t0)
+    logs = _worker_logs(t0)
+    startup = _startup_lines(logs)
     (d / "startup.log").write_text("\n".join(startup) + "\n")
-    replica_logs = _replica_logs(t0)
+    replica_logs = _replica_logs(logs)
     dt = DeltaTable(str(table))
     hist = sorted((h for h in dt.history() if h.get("operation") == "WRITE"), key=lambda h: h["timestamp"])
     commits = [(h["timestamp"] / 1000, int(h.get("operationMetrics", {}).get("num_added_rows", 0)))
@@ -614,50 +615,44 @@ STARTUP_MARKS = ("enrich: replica start-up", "enrich: replica batch", "Loading w
                  "Available KV cache memory", "GPU KV cache size", "async_scheduling")
 
 
-def _startup_lines(t0: float) -> list[str]:
-    """The start-up lines of this run's replicas, from Ray's worker logs (enrich keeps worker
-    output out of the driver's terminal)."""
-    import re
-
+def _worker_logs(t0: float) -> list[tuple[str, str]]:
+    """(file name, text) of the Ray worker logs written since ``t0``: this run's (enrich keeps
+    worker output out of the driver's terminal)."""
     logs = Path("/tmp/ray/session_latest/logs")
-    lines: list[str] = []
+    out = []
     for f in sorted(logs.glob("worker-*")) if logs.exists() else []:
         try:
-            if f.stat().st_mtime < t0:
-                continue
-            for line in f.read_text(errors="replace").splitlines():
-                if "Initializing a V1 LLM engine" in line:  # the resolved settings that matter here
-                    keys = re.findall(r"(?:async_scheduling|max_num_batched_tokens|max_num_seqs|"
-                                      r"enable_prefix_caching|cudagraph_mode)[=:] ?[^,]{1,40}", line)
-                    lines.append(f"{f.name[:22]}: engine config: {', '.join(keys)}")
-                elif any(m in line for m in STARTUP_MARKS):
-                    lines.append(f"{f.name[:22]}: {line.strip()[:300]}")
+            if f.stat().st_mtime >= t0:
+                out.append((f.name, f.read_text(errors="replace")))
         except OSError:
             continue
+    return out
+
+
+def _startup_lines(logs: list[tuple[str, str]]) -> list[str]:
+    """The start-up lines of this run's replicas, from its worker logs."""
+    import re
+
+    lines: list[str] = []
+    for name, text in logs:
+        for line in text.splitlines():
+            if "Initializing a V1 LLM engine" in line:  # the resolved settings that matter here
+                keys = re.findall(r"(?:async_scheduling|max_num_batched_tokens|max_num_seqs|"
+                                  r"enable_prefix_caching|cudagraph_mode)[=:] ?[^,]{1,40}", line)
+                lines.append(f"{name[:22]}: engine config: {', '.join(keys)}")
+            elif any(m in line for m in STARTUP_MARKS):
+                lines.append(f"{name[:22]}: {line.strip()[:300]}")
     return lines
 
 
-def _replica_logs(t0: float, replicas: int = 2, limit: int = 800) -> str:
+def _replica_logs(logs: list[tuple[str, str]], replicas: int = 2, limit: int = 800) -> str:
     """The whole logs of this run's first replicas (vLLM's lines carry their times): where a
     start-up went, line by line, beside the few lines kept in the results."""
     from enrich.engines.vllm_replica import REPORT_PREFIX
 
-    logs = Path("/tmp/ray/session_latest/logs")
-    out: list[str] = []
-    for f in sorted(logs.glob("worker-*")) if logs.exists() else []:
-        try:
-            if f.stat().st_mtime < t0:
-                continue
-            text = f.read_text(errors="replace")
-        except OSError:
-            continue
-        if f"{REPORT_PREFIX}start-up" not in text:
-            continue
-        out += [f"==> {f.name}", *text.splitlines()[:limit]]
-        replicas -= 1
-        if not replicas:
-            break
-    return "\n".join(out) + "\n"
+    mine = [(name, text) for name, text in logs if f"{REPORT_PREFIX}start-up" in text][:replicas]
+    return "".join(f"==> {name}\n" + "\n".join(text.splitlines()[:limit]) + "\n"
+                   for name, text in mine)
 
 
 def _replica_startup(lines: list[str], t0: float) -> list[dict[str, Any]]:
